@@ -64,6 +64,9 @@ class Model:
         rps = []
         for r in radiopharmaceuticals:
             rp = rn.parse_radiopharmaceutical(r)
+            if rp.name in spec.radiopharmaceutical_ligands:
+                rp = rn.Radiopharmaceutical(rp.name, rp.nuclide,
+                                            spec.radiopharmaceutical_ligands[rp.name])
             if rp.ligand not in spec.known_ligands:
                 raise InputError(
                     f"model {spec.name} does not describe ligand {rp.ligand!r} (of {rp.name}); it "
@@ -138,6 +141,7 @@ class Model:
             return expr_index[e]
 
         rows, cols, signs, ids = [], [], [], []
+        self._rate_desc: dict[int, str] = {}
         const_rows, const_cols, const_vals = [], [], []
 
         def add(dst, src, rate_id, sign=1.0):
@@ -154,6 +158,7 @@ class Model:
                 if t.species == "unlabelled" and s.labelled:
                     continue
                 r = eid(spec.substitute_ligand(t.rate, s.ligand))
+                self._rate_desc.setdefault(r, f"{t.process or 'transfer'} {t.source}->{t.target}")
                 src = self.index(s_i, t.source)
                 dst = self.index(s_i, t.target) if t.target in comp_set else \
                     self.sink_index(s_i, t.target)
@@ -237,6 +242,28 @@ class Model:
         """Default free-parameter vector (canonical units), aligned with ``parameter_names``."""
         vals = self.spec.default_values()
         return np.array([vals[n] for n in self.parameter_names], dtype=np.float64)
+
+    def check_params(self, p) -> None:
+        """Raise InputError if parameters make a rate, volume or flow negative or non-finite.
+
+        (For example body weight so low that the remainder volume V_Rest becomes negative, or
+        organ flow fractions adding up to more than the cardiac output.)
+        """
+        p = np.asarray(p, dtype=np.float64)
+        if not np.all(np.isfinite(p)):
+            bad = [n for n, v in zip(self.parameter_names, p) if not np.isfinite(v)]
+            raise InputError(f"parameters must be finite: {', '.join(bad)}")
+        neg = [n for n, v in zip(self.parameter_names, p) if v < 0]
+        if neg:
+            raise InputError(f"parameters must not be negative: {', '.join(neg)}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.array(self._rate_fn_np(p), dtype=np.float64)
+        bad = [i for i in range(len(r)) if not np.isfinite(r[i]) or r[i] < 0]
+        if bad:
+            what = sorted({self._rate_desc.get(i, str(self.rate_expressions[i])) for i in bad})
+            raise InputError(
+                "these parameters make a rate negative or infinite (a negative volume or flow, "
+                f"e.g. flow fractions adding up to more than the total): {'; '.join(what[:5])}")
 
     def params_from(self, values=None, base=None) -> np.ndarray:
         """Parameter vector from a {name: value} mapping on top of ``base`` (default values)."""

@@ -25,13 +25,19 @@ TYPICAL_NMOL_PER_GBQ = {
     # 7.4 GBq of 177Lu-PSMA-617 (Pluvicto) ~ 10.18 nmol labelled + 46.91 nmol unlabelled
     # (Fele-Paranj et al., EJNMMI Radiopharm Chem 2024;9:6, as summarised in psma_pbrpk.md)
     "lu177-psma-617": (10.18 + 46.91) / 7.4,
+    # 105 nmol peptide per 7.4 GBq cycle (Jimenez-Franco LD et al., J Nucl Med 2021;62:92)
+    "lu177-dotatate": 105.0 / 7.4,
 }
 # Typical total ligand amount per administration (nmol), independent of activity.
 TYPICAL_NMOL = {
     # PET ligand amounts in PSMA PBPK simulations: 3 nmol standard (Begum NJ et al.,
     # Sci Rep 2019;9:20041)
     "ga68-psma-11": 3.0,
-    "f18-dcfpyl": 3.0,
+    # 333 MBq at 45 MBq/nmol ~ 7.4 nmol (derived; docs/research/imaging_ligands.md)
+    "f18-dcfpyl": 7.4,
+    # median 12.3 ug 68Ga-DOTATATE ~ 8.6 nmol (M ~ 1435 g/mol) (Siebinga H et al., EJNMMI Res
+    # 2021;11:73)
+    "ga68-dotatate": 8.6,
 }
 
 
@@ -185,6 +191,7 @@ class Regimen:
             if rp.name not in names:
                 raise InputError(f"the model was compiled without {rp.name}")
             rp_i = names.index(rp.name)
+            ligand = model.radiopharmaceuticals[rp_i].ligand
             labelled = a.activity_mbq / model.mbq_per_nmol[rp_i]
             if a.ligand_nmol < labelled * (1 - 1e-9):
                 raise InputError(
@@ -193,7 +200,7 @@ class Regimen:
                     f"{rp.name} (carrier-free); ligand_nmol counts labelled + unlabelled ligand")
             k = int(np.searchsorted(times, a.time_h))
             hot[k, rp_i] += labelled
-            cold[k, model.ligands.index(rp.ligand)] += max(a.ligand_nmol - labelled, 0.0)
+            cold[k, model.ligands.index(ligand)] += max(a.ligand_nmol - labelled, 0.0)
         return times, hot, cold
 
     def administered_mbq(self, model) -> np.ndarray:

@@ -265,6 +265,7 @@ def simulate(model, regimen: Regimen, params=None, times_h=None, *, days: float 
     require_x64("simulate")
     model, admin_times, hot, cold, ts, t_end = prepare(model, regimen, times_h, days, mode)
     p = _params_vector(model, params)
+    model.check_params(p)
     core = jitted_core(model, len(admin_times), settings)
     out = core(jnp.asarray(p), jnp.asarray(admin_times), jnp.asarray(hot), jnp.asarray(cold),
                jnp.asarray(ts), jnp.asarray(t_end))

@@ -124,6 +124,9 @@ class ModelSpec:
     # region -> density (g/mL) used for its mass
     densities: Mapping[str, float] = field(default_factory=dict)
     default_radiopharmaceutical: str = ""
+    # radiopharmaceutical -> model ligand where the label changes the ligand's behaviour
+    # (e.g. 'ga68-dotatate' -> 'ga-dotatate': the metal changes sst2 affinity tenfold)
+    radiopharmaceutical_ligands: Mapping[str, str] = field(default_factory=dict)
     references: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 

@@ -6,6 +6,7 @@ from pbpk_models.errors import InputError
 
 MODELS = {
     "psma-pbrpk": ("pbpk_models.library.psma", ("corrected", "published")),
+    "sstr": ("pbpk_models.library.sstr", ("corrected",)),
 }
 
 

@@ -43,14 +43,16 @@ PLAIN_ORGANS = ("Heart", "Bone", "RedMarrow", "Skin", "Muscle", "Brain", "Adipos
 # psma_pbrpk.md, "Population variability ... used with this model by the same group's
 # virtual-patient pipeline"). The SD is used by the calibration priors.
 POPULATION_TYPICAL = {
-    # name: (mean, sd) in the paper's units
-    "Rden_Kidney": (30.0, 10.0),         # nmol/L
-    "lambdaRel_Kidney": (2.88e-4, 0.55e-4),  # 1/min
-    "Rden_SG": (60.0, 20.0),             # nmol/L
-    "lambdaRel_SG": (3.9e-4, 0.63e-4),   # 1/min
+    # name: (mean, sd, source) in the paper's units (nmol/L, 1/min)
+    "Rden_Kidney": (45.0, 15.0, "calibrated: kidney TIAC 1.6-2.0 h and T_eff ~40 h of SPECT-based "
+                    "177Lu-PSMA-617 dosimetry (docs/research/kidney_dose.md section 4); SD of the "
+                    "authors' population (10 nmol/L) scaled to the mean"),
+    "lambdaRel_Kidney": (2.0e-4, 0.55e-4, "calibrated: late kidney T_eff 42 h against clinical "
+                         "medians 35-40 h (docs/research/kidney_dose.md); authors' SD"),
+    "Rden_SG": (60.0, 20.0, "population mean of the PBRPK authors' virtual-patient pipeline"),
+    "lambdaRel_SG": (3.9e-4, 0.63e-4, "population mean of the PBRPK authors' virtual-patient "
+                     "pipeline"),
 }
-POPULATION_SOURCE = ("population mean of the PBRPK authors' virtual-patient pipeline "
-                     "(Fele-Paranj et al. 2024 lineage; shared/data/pbpk/psma_pbrpk.md)")
 
 
 def _p(name, value, unit, desc, kind="physiological", source=PAPER, lower=0.0, upper=float("inf")):
@@ -134,19 +136,59 @@ def _parameters(variant: str) -> list[Parameter]:
             "lambdaRel_Kidney": per_min(POPULATION_TYPICAL["lambdaRel_Kidney"][0]),
             "lambdaRel_SG": per_min(POPULATION_TYPICAL["lambdaRel_SG"][0]),
         }
-        P = [p if p.name not in pop else Parameter(p.name, pop[p.name], p.unit, p.description,
-                                                   POPULATION_SOURCE, p.kind, p.lower, p.upper)
-             for p in P]
+        P = [p if p.name not in pop else Parameter(
+                p.name, pop[p.name], p.unit, p.description, POPULATION_TYPICAL[p.name][2],
+                p.kind, p.lower, p.upper) for p in P]
     return P
 
 
 def build(variant: str = "corrected") -> ModelSpec:
     """The ``psma-pbrpk`` model, ``variant`` 'published' or 'corrected'."""
     from pbpk_models.errors import InputError
+    from pbpk_models.library.ligands import PSMA_SECONDARY_LIGANDS
 
     if variant not in ("published", "corrected"):
         raise InputError(f"psma-pbrpk has variants 'published' and 'corrected', not {variant!r}")
     published = variant == "published"
+    S = sym
+    relative_rden = {
+        "Rden_Prostate": sp.Rational(1, 10) * S("Rden_TumorRest"),
+        "Rden_Liver": sp.Rational(5, 100) * S("Rden_Prostate"),
+        "Rden_Spleen": sp.Rational(2, 100) * S("Rden_Prostate"),
+        "Rden_GI": sp.Rational(6, 100) * S("Rden_Prostate"),
+    }
+    notes = []
+    if published:
+        notes.append("published variant: reproduces the SBML export including its five "
+                     "departures from physiology")
+    return build_template(
+        name="psma-pbrpk", variant=variant, published=published,
+        parameters=_parameters(variant), extra_derived=relative_rden,
+        principal_ligand="psma-617", secondary_ligands=PSMA_SECONDARY_LIGANDS,
+        default_radiopharmaceutical="lu177-psma-617", kidney_trapping=False,
+        description="Whole-body PSMA radioligand PBPK (Fele-Paranj et al. 2024; Begum et al. "
+                    "2018): 20 regions, hot and cold ligand competing for PSMA receptors, "
+                    "internalisation, release, renal filtration and reabsorption, decay.",
+        references=(
+            "Fele-Paranj A, Saboury B, Uribe C, Rahmim A. EJNMMI Radiopharm Chem 2024;9:6. "
+            "doi:10.1186/s41181-023-00236-w",
+            "Begum NJ, Thieme A, Eberhardt N, et al. J Nucl Med 2018;59:929-933. "
+            "doi:10.2967/jnumed.117.203505",
+            "Begum NJ, Glatting G, Wester HJ, Eiber M, Beer AJ, Kletting P. Sci Rep "
+            "2019;9:20041. doi:10.1038/s41598-019-56603-x",
+        ),
+        notes=tuple(notes))
+
+
+def build_template(*, name, variant, published, parameters, extra_derived, principal_ligand,
+                   secondary_ligands, default_radiopharmaceutical, kidney_trapping, description,
+                   references, notes=(), radiopharmaceutical_ligands=None) -> ModelSpec:
+    """The whole-body organ template of the PSMA PBRPK model with a given parameter set.
+
+    ``kidney_trapping``: the reabsorbed kidney pool is trapped in tubular cells and released
+    from the body at ``lambdaRel_KidneyTrap`` instead of returning to blood (residualising
+    radiometal labels, megalin-mediated reabsorption; see docs/research/kidney_dose.md 3.2).
+    """
     S = sym
     hct, bsa, bw = S("hematocrit"), S("bodySurfaceArea"), S("bodyWeight")
     Vp, F, scale = S("V_p"), S("F"), S("bodyWeightScale")
@@ -157,11 +199,8 @@ def build(variant: str = "corrected") -> ModelSpec:
         "F": u.per_min_to_per_h(1.23) * Vp,
         "GFR": S("TER_Kidney") / 3 * sp.Rational(201, 151),
         "bodyWeightScale": bw / 71,
-        "Rden_Prostate": sp.Rational(1, 10) * S("Rden_TumorRest"),
-        "Rden_Liver": sp.Rational(5, 100) * S("Rden_Prostate"),
-        "Rden_Spleen": sp.Rational(2, 100) * S("Rden_Prostate"),
-        "Rden_GI": sp.Rational(6, 100) * S("Rden_Prostate"),
         "lambdaRel_TumorRest": (S("lambdaRel_Tumor1") + S("lambdaRel_Tumor2")) / 2,
+        **extra_derived,
     }
     # body-weight-scaled organ volumes: published L per 71 kg reference
     for organ, litres in {"Prostate": 0.016, "GI": 1.187, "Muscle": 30.078, "Skin": 3.408,
@@ -258,9 +297,13 @@ def build(variant: str = "corrected") -> ModelSpec:
             T("KidneyInt", "Urine", gfr_phi * S("f_exc") / Vi, process="excretion")
             T("KidneyInt", "KidneyIntera", gfr_phi * (1 - S("f_exc")) / Vi,
               process="tubular reabsorption")
-            ret_vol = sp.Integer(1000) if published else V_Intera
-            T("KidneyIntera", "KidneyVas", gfr_phi * (1 - S("f_exc")) / ret_vol,
-              process="return of reabsorbed ligand to blood")
+            if kidney_trapping:
+                T("KidneyIntera", "Released", S("lambdaRel_KidneyTrap"),
+                  process="release of trapped reabsorbed ligand")
+            else:
+                ret_vol = sp.Integer(1000) if published else V_Intera
+                T("KidneyIntera", "KidneyVas", gfr_phi * (1 - S("f_exc")) / ret_vol,
+                  process="return of reabsorbed ligand to blood")
         else:
             PS = S(f"PS_{organ}")
             T(f"{organ}Vas", f"{organ}Int", PS / Vv, process="capillary exchange")
@@ -282,41 +325,28 @@ def build(variant: str = "corrected") -> ModelSpec:
     ligand_params = frozenset(
         {"k_on", "k_off", "phi", "f_exc"}
         | {f"lambdaIntern_{o}" for o in RECEPTOR_ORGANS}
-        | {f"lambdaRel_{o}" for o in RECEPTOR_ORGANS if o != "TumorRest"})
-    from pbpk_models.library.ligands import PSMA_SECONDARY_LIGANDS
-
-    notes = []
-    if published:
-        notes.append("published variant: reproduces the SBML export including its five "
-                     "departures from physiology")
+        | {f"lambdaRel_{o}" for o in RECEPTOR_ORGANS if o != "TumorRest"}
+        | ({"lambdaRel_KidneyTrap"} if kidney_trapping else set()))
     return ModelSpec(
-        name="psma-pbrpk",
+        name=name,
         variant=variant,
-        description="Whole-body PSMA radioligand PBPK (Fele-Paranj et al. 2024; Begum et al. "
-                    "2018): 20 regions, hot and cold ligand competing for PSMA receptors, "
-                    "internalisation, release, renal filtration and reabsorption, decay.",
-        parameters=tuple(_parameters(variant)),
+        description=description,
+        parameters=tuple(parameters),
         derived=derived,
         compartments=tuple(comps),
         transfers=tuple(transfers),
         bindings=tuple(bindings),
         sinks=("Urine", "Released"),
         dosing_compartment="Vein",
-        principal_ligand="psma-617",
+        principal_ligand=principal_ligand,
         ligand_parameters=ligand_params,
-        ligands=PSMA_SECONDARY_LIGANDS,
+        ligands=secondary_ligands,
+        radiopharmaceutical_ligands=dict(radiopharmaceutical_ligands or {}),
         no_decay=frozenset({"KidneyIntera"}) if published else frozenset(),
         # published lambdaPhys = 7.15e-5 /min for 177Lu (Fele-Paranj et al. 2024 SBML)
         decay_overrides={"Lu-177": u.per_min_to_per_h(7.15e-5)} if published else {},
         region_volumes=region_volumes,
-        default_radiopharmaceutical="lu177-psma-617",
-        references=(
-            "Fele-Paranj A, Saboury B, Uribe C, Rahmim A. EJNMMI Radiopharm Chem 2024;9:6. "
-            "doi:10.1186/s41181-023-00236-w",
-            "Begum NJ, Thieme A, Eberhardt N, et al. J Nucl Med 2018;59:929-933. "
-            "doi:10.2967/jnumed.117.203505",
-            "Begum NJ, Glatting G, Wester HJ, Eiber M, Beer AJ, Kletting P. Sci Rep "
-            "2019;9:20041. doi:10.1038/s41598-019-56603-x",
-        ),
+        default_radiopharmaceutical=default_radiopharmaceutical,
+        references=tuple(references),
         notes=tuple(notes),
     )

@@ -1,0 +1,153 @@
+"""``twin simulate``: one bolus or a regimen through a PBPK model; region TIA, TIAC and dose.
+
+Fixed interface (shared/CLI.md):
+  twin simulate --model NAME [--variant published|corrected] --hot-nmol H --cold-nmol C
+                [--set NAME=VALUE ...] [--days D] --out FILE.csv
+  twin simulate --model NAME --regimen REGIMEN.csv [...] --out FILE.csv
+Output columns: region, tia_mbq_h, tiac_h, dose_gy_per_gbq (self-dose of the non-penetrating
+emissions, regions with a mass), and with a regimen also dose_gy and bed_gy (added by later stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from twin.errors import InputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="simulate a PBPK model for one bolus or a regimen; write region TIA",
+        description="Simulate a radioligand PBPK model and write one row per region: "
+                    "region, tia_mbq_h (MBq h), tiac_h (TIA / administered activity, h), "
+                    "dose_gy_per_gbq (self-dose of electrons and alphas per GBq administered). "
+                    "Give either --hot-nmol/--cold-nmol (one bolus at t = 0) or --regimen.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="library model name (psma-pbrpk, sstr)")
+    p.add_argument("--variant", default=None,
+                   help="model variant: psma-pbrpk has 'corrected' (default) and 'published'")
+    p.add_argument("--radiopharmaceutical", default=None,
+                   help="for a bolus: which labelled ligand (default: the model's therapy "
+                        "radiopharmaceutical, e.g. lu177-psma-617)")
+    p.add_argument("--hot-nmol", type=float, default=None,
+                   help="labelled ligand of the bolus, nmol (activity = amount x molar activity)")
+    p.add_argument("--cold-nmol", type=float, default=None,
+                   help="unlabelled ligand of the bolus, nmol")
+    p.add_argument("--regimen", type=Path, default=None,
+                   help="CSV with columns time_h, radiopharmaceutical, activity_mbq, ligand_nmol")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                   help="change a parameter; VALUE in the parameter's canonical unit or with a "
+                        "unit, e.g. Rden_Kidney=45nmol/L or k_off=0.368/min (repeatable)")
+    p.add_argument("--days", type=float, default=60.0,
+                   help="simulated span after the last administration, days (TIA up to its end)")
+    p.add_argument("--out", type=Path, default=None, help="output CSV")
+    p.add_argument("--curves", type=Path, default=None,
+                   help="also write region activity curves (region, time_h, activity_mbq)")
+    p.add_argument("--list-parameters", action="store_true",
+                   help="print the model's parameters with units and sources, and exit")
+    p.set_defaults(func=run)
+
+
+def parse_sets(spec, sets) -> dict[str, float]:
+    from pbpk_models.units import parse_quantity
+
+    values = {}
+    for item in sets:
+        if "=" not in item:
+            raise InputError(f"--set takes NAME=VALUE, got {item!r}")
+        name, text = item.split("=", 1)
+        name = name.strip()
+        if name in spec.derived:
+            values[name] = _parse_any(text, name)
+            continue
+        par = spec.parameter(name)  # raises InputError with suggestions
+        values[name] = parse_quantity(text, par.unit, what=name)
+    return values
+
+
+def _parse_any(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{name} is a derived parameter: give a plain number in its canonical "
+                         f"unit") from None
+
+
+def parameter_table(spec):
+    import pandas as pd
+
+    rows = [{"name": p.name, "value": p.value, "unit": p.unit, "kind": p.kind,
+             "description": p.description, "source": p.source} for p in spec.all_parameters()]
+    return pd.DataFrame(rows)
+
+
+def region_table(result, energy_mev: float):
+    """One row per region: region, tia_mbq_h, tiac_h, dose_gy_per_gbq (NaN without a mass)."""
+    import numpy as np
+    import pandas as pd
+
+    from pbpk_models import units as u
+
+    masses = result.model.region_masses_g(result.params)
+    tia = result.tia()
+    tiac = result.tiac_h()
+    rows = []
+    for region in result.regions:
+        m = masses.get(region)
+        dose = tiac[region] * u.gy_per_mbq_h(energy_mev, m) * 1000.0 if m else np.nan
+        rows.append({"region": region, "tia_mbq_h": tia[region], "tiac_h": tiac[region],
+                     "dose_gy_per_gbq": dose})
+    return pd.DataFrame(rows)
+
+
+def run(args) -> int:
+    from pbpk_models import radionuclides as rn
+    from pbpk_models.library import build_spec
+    from pbpk_models.regimen import Administration, Regimen
+    from pbpk_models.simulate import simulate
+    from twin.atomic import write_csv_atomic
+
+    spec = build_spec(args.model, args.variant)
+    if args.list_parameters:
+        print(parameter_table(spec).to_string(index=False))
+        return 0
+    if args.out is None:
+        raise InputError("give --out FILE.csv")
+    values = parse_sets(spec, args.sets)
+    if values:
+        spec = spec.with_values(values)
+    if args.regimen is not None:
+        if args.hot_nmol is not None or args.cold_nmol is not None:
+            raise InputError("give either --regimen or --hot-nmol/--cold-nmol, not both")
+        regimen = Regimen.from_csv(args.regimen)
+    else:
+        if args.hot_nmol is None or args.cold_nmol is None:
+            raise InputError("give --hot-nmol and --cold-nmol (nmol) for one bolus, or --regimen")
+        for name, v in (("--hot-nmol", args.hot_nmol), ("--cold-nmol", args.cold_nmol)):
+            if not v == v or v < 0:
+                raise InputError(f"{name} must be a non-negative number, got {v}")
+        if args.hot_nmol == 0:
+            raise InputError("--hot-nmol must be positive (TIAC is per administered activity)")
+        rp_name = args.radiopharmaceutical or spec.default_radiopharmaceutical
+        rp = rn.parse_radiopharmaceutical(rp_name)
+        lam = spec.decay_overrides.get(rp.nuclide, rn.decay_constant_per_h(rp.nuclide))
+        from pbpk_models.units import nmol_to_mbq
+
+        activity = nmol_to_mbq(args.hot_nmol, lam)
+        regimen = Regimen((Administration(0.0, rp.name, activity,
+                                          args.hot_nmol + args.cold_nmol),))
+    inputs = [p for p in (args.regimen,) if p is not None]
+    result = simulate(spec, regimen, days=args.days)
+    if len(result.radiopharmaceuticals) > 1:
+        print("note: several radiopharmaceuticals; the table is for "
+              f"{result.radiopharmaceuticals[0]}")
+    nuclide = result.model.radiopharmaceuticals[0].nuclide
+    table = region_table(result, rn.energy_per_decay_mev(nuclide))
+    write_csv_atomic(table, args.out, inputs=inputs)
+    if args.curves is not None:
+        write_csv_atomic(result.to_frame(), args.curves, inputs=inputs)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"wrote {args.out}")
+    return 0
