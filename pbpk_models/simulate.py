@@ -272,7 +272,10 @@ def simulate(model, regimen: Regimen, params=None, times_h=None, *, days: float 
     if not bool(out["ok"]):
         raise ModelError("the ODE solver failed (step budget exhausted or non-finite values); "
                          "check the parameters, or raise SolverSettings.max_steps")
+    # amounts below zero at the solver's absolute tolerance (e.g. 68Ga after 100 half-lives) are
+    # numerical noise, not activity: set them to zero
     amounts = np.asarray(out["amounts"])  # (n_ts, n_rp, n_reg)
+    amounts = np.where(amounts < 0, np.where(amounts > -100 * settings.atol, 0.0, amounts), amounts)
     activity = np.moveaxis(amounts, 0, -1) * model.mbq_per_nmol[:, None, None]
     tia = np.asarray(out["tia_nmol_h"]) * model.mbq_per_nmol[:, None]
     return SimulationResult(model, p, regimen, ts, activity, tia,

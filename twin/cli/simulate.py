@@ -83,7 +83,7 @@ def parameter_table(spec):
     return pd.DataFrame(rows)
 
 
-def region_table(result, energy_mev: float):
+def region_table(result, energy_mev: float, rp_index: int = 0):
     """One row per region: region, tia_mbq_h, tiac_h, dose_gy_per_gbq (NaN without a mass)."""
     import numpy as np
     import pandas as pd
@@ -91,8 +91,9 @@ def region_table(result, energy_mev: float):
     from pbpk_models import units as u
 
     masses = result.model.region_masses_g(result.params)
-    tia = result.tia()
-    tiac = result.tiac_h()
+    rp = result.radiopharmaceuticals[rp_index]
+    tia = result.tia(rp)
+    tiac = result.tiac_h(rp)
     rows = []
     for region in result.regions:
         m = masses.get(region)
