@@ -159,24 +159,12 @@ def write_rtdose(dose_image, path, reference=None, inputs=(), description: str =
 
 
 def read_rtdose(path):
-    """Read an RT Dose file with pydicom: (dose Gy (z, y, x), spacing (x, y, z), origin, direction).
+    """Read an RT Dose file: (dose Gy (z, y, x), spacing (x, y, z), origin, direction).
 
-    Only orthogonal grids with uniformly spaced frames are supported.
+    A thin adapter over :func:`twin.imaging.read_rtdose` (one reader of RT Dose in the project).
     """
-    import pydicom
+    from twin.imaging.dicom_extra import read_rtdose as _read
 
-    ds = pydicom.dcmread(str(path))
-    dose = ds.pixel_array.astype(np.float64) * float(ds.DoseGridScaling)
-    if dose.ndim == 2:
-        dose = dose[None]
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    offs = np.asarray(ds.GridFrameOffsetVector, dtype=np.float64)
-    sz = float(np.mean(np.diff(offs))) if offs.size > 1 else float(ds.get("SliceThickness", 1.0))
-    if offs.size > 1 and not np.allclose(np.diff(offs), sz, rtol=1e-6, atol=1e-6):
-        raise InputError("RT Dose frames are not uniformly spaced")
-    sy, sx = (float(v) for v in ds.PixelSpacing)
-    direction = np.stack([row, col, normal], axis=1).ravel()
-    origin = np.asarray(ds.ImagePositionPatient, dtype=np.float64) + normal * offs[0]
-    return dose, (sx, sy, sz), tuple(origin), tuple(direction)
+    vol = _read(path)
+    return (np.asarray(vol.array, dtype=np.float64), tuple(map(float, vol.spacing_mm)),
+            tuple(map(float, vol.origin_mm)), tuple(map(float, vol.direction)))
