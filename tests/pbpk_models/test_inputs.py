@@ -102,3 +102,14 @@ def test_cli_simulate_writes_table(tmp_path):
     df = pd.read_csv(out)
     assert list(df.columns[:4]) == ["region", "tia_mbq_h", "tiac_h", "dose_gy_per_gbq"]
     assert len(df) == 20 and (df["tia_mbq_h"] > 0).all()
+    kidney = df.set_index("region").loc["Kidney"]
+    # regimen dose = TIA x self-dose S value; the per-GBq column is per administered GBq
+    assert kidney["dose_gy"] == pytest.approx(kidney["dose_gy_per_gbq"] * 14.8, rel=1e-6)
+    # BED of two cycles exceeds the dose, and is close to the mono-exponential closed form
+    # (Dale 1985) with the kidney's late effective half-life: within 5%
+    from twin.dosimetry.radiobiology import bed_monoexponential
+
+    assert kidney["bed_gy"] > kidney["dose_gy"]
+    per_cycle = kidney["dose_gy"] / 2
+    closed = 2 * bed_monoexponential(per_cycle, 0.693 / 42.0, 2.6, 2.8)
+    assert kidney["bed_gy"] == pytest.approx(closed, rel=0.05)

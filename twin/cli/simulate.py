@@ -103,6 +103,57 @@ def region_table(result, energy_mev: float, rp_index: int = 0):
     return pd.DataFrame(rows)
 
 
+# Model regions with complete radiobiological parameters (alpha/beta and repair half-time) in
+# twin.dosimetry.radiobiology.TISSUES; BED is left empty for the others.
+BED_TISSUES = {"Kidney": "kidney"}
+
+
+def regimen_time_grid(regimen, days: float):
+    """Output times (h) dense enough for dose-rate integrals: after each administration a
+    geometric grid from 1 min to 1 week, and a uniform grid over the whole span."""
+    import numpy as np
+
+    t_adm = regimen.unique_times()
+    t_end = t_adm[-1] + 24.0 * days
+    parts = [np.linspace(t_adm[0], t_end, 1201)]
+    for t in t_adm:
+        parts.append(t + np.geomspace(1.0 / 60.0, 168.0, 200))
+    grid = np.unique(np.concatenate(parts + [t_adm]))
+    return grid[grid <= t_end]
+
+
+def add_regimen_dose(table, result, energy_mev: float):
+    """Add dose_gy (self-dose of the whole regimen) and bed_gy (Lea-Catcheside BED of the
+    sampled dose-rate curve, regions in BED_TISSUES) to a region table."""
+    import numpy as np
+
+    from pbpk_models import units as u
+    from twin.dosimetry.radiobiology import bed, tissue
+
+    masses = result.model.region_masses_g(result.params)
+    lam = float(result.model.decay_constants_per_h[0])
+    dose, beds = [], []
+    for region, tia in zip(table["region"], table["tia_mbq_h"]):
+        m = masses.get(region)
+        if not m:
+            dose.append(np.nan)
+            beds.append(np.nan)
+            continue
+        s = u.gy_per_mbq_h(energy_mev, m)
+        dose.append(tia * s)
+        if region in BED_TISSUES:
+            t = tissue(BED_TISSUES[region])
+            rate = result.activity(region, result.radiopharmaceuticals[0]) * s
+            beds.append(bed(result.times_h, rate, t.alpha_beta_gy, t.repair_half_time_h,
+                            tail_decay_per_h=lam))
+        else:
+            beds.append(np.nan)
+    table = table.copy()
+    table["dose_gy"] = dose
+    table["bed_gy"] = beds
+    return table
+
+
 def run(args) -> int:
     from pbpk_models import radionuclides as rn
     from pbpk_models.library import build_spec
@@ -140,12 +191,15 @@ def run(args) -> int:
         regimen = Regimen((Administration(0.0, rp.name, activity,
                                           args.hot_nmol + args.cold_nmol),))
     inputs = [p for p in (args.regimen,) if p is not None]
-    result = simulate(spec, regimen, days=args.days)
+    times = regimen_time_grid(regimen, args.days) if args.regimen is not None else None
+    result = simulate(spec, regimen, times_h=times, days=args.days)
     if len(result.radiopharmaceuticals) > 1:
         print("note: several radiopharmaceuticals; the table is for "
               f"{result.radiopharmaceuticals[0]}")
     nuclide = result.model.radiopharmaceuticals[0].nuclide
     table = region_table(result, rn.energy_per_decay_mev(nuclide))
+    if args.regimen is not None:
+        table = add_regimen_dose(table, result, rn.energy_per_decay_mev(nuclide))
     write_csv_atomic(table, args.out, inputs=inputs)
     if args.curves is not None:
         write_csv_atomic(result.to_frame(), args.curves, inputs=inputs)
