@@ -14,7 +14,7 @@ import os
 import sys
 
 # Subcommand modules, in the order --help lists them.
-_COMMANDS = ("demo", "simulate", "inspect_cmd", "dose")
+_COMMANDS = ("demo", "simulate", "fit", "inspect_cmd", "dose")
 
 
 def _enable_x64() -> None:

@@ -24,8 +24,13 @@ def register(sub) -> None:
                     "dose_gy_per_gbq (self-dose of electrons and alphas per GBq administered). "
                     "Give either --hot-nmol/--cold-nmol (one bolus at t = 0) or --regimen.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="library model name (psma-pbrpk, sstr)")
+    p.add_argument("--model", default=None,
+                   help="library model name (psma-pbrpk, sstr); not with --twin")
+    p.add_argument("--twin", type=Path, default=None,
+                   help="a personalised twin (TWIN.json from `twin fit`): simulate it, with 90%% "
+                        "credible intervals tia_low, tia_high from its posterior")
+    p.add_argument("--samples", type=int, default=200,
+                   help="posterior samples for the credible interval (with --twin)")
     p.add_argument("--variant", default=None,
                    help="model variant: psma-pbrpk has 'corrected' (default) and 'published'")
     p.add_argument("--radiopharmaceutical", default=None,
@@ -161,6 +166,10 @@ def run(args) -> int:
     from pbpk_models.simulate import simulate
     from twin.atomic import write_csv_atomic
 
+    if args.twin is not None:
+        return run_twin(args)
+    if args.model is None:
+        raise InputError("give --model NAME (e.g. psma-pbrpk) or --twin TWIN.json")
     spec = build_spec(args.model, args.variant)
     if args.list_parameters:
         print(parameter_table(spec).to_string(index=False))
@@ -203,6 +212,47 @@ def run(args) -> int:
     write_csv_atomic(table, args.out, inputs=inputs)
     if args.curves is not None:
         write_csv_atomic(result.to_frame(), args.curves, inputs=inputs)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_twin(args) -> int:
+    """``twin simulate --twin TWIN.json [--regimen R.csv] [--days D] --out FILE.csv``."""
+    import numpy as np
+
+    from calibration import model_spec, read_twin
+    from pbpk_models import radionuclides as rn
+    from pbpk_models import units as u
+    from pbpk_models.model import compile_model
+    from pbpk_models.regimen import Regimen
+    from twin.atomic import write_csv_atomic
+    from twin.build import simulate_twin
+
+    if args.model is not None or args.hot_nmol is not None or args.cold_nmol is not None:
+        raise InputError("--twin carries its model; do not combine it with --model or a bolus "
+                         "(give --regimen to simulate another regimen)")
+    if args.out is None:
+        raise InputError("give --out FILE.csv")
+    if not args.twin.is_file():
+        raise InputError(f"twin file {args.twin} does not exist")
+    posterior, fitted_regimen = read_twin(args.twin)
+    regimen = Regimen.from_csv(args.regimen) if args.regimen is not None else fitted_regimen
+    pred = simulate_twin(posterior, regimen, days=args.days, n_samples=args.samples)
+    table = pred.to_frame()
+    spec = model_spec(posterior.model_name, posterior.variant)
+    model = compile_model(spec, (pred.radiopharmaceutical,))
+    p = model.params_from(posterior.fixed)
+    for name, theta in zip(posterior.names, posterior.theta_map):
+        p[model.parameter_names.index(name)] = float(np.exp(theta))
+    masses = model.region_masses_g(p)
+    e = rn.energy_per_decay_mev(model.radiopharmaceuticals[0].nuclide)
+    table["dose_gy_per_gbq"] = [
+        t * u.gy_per_mbq_h(e, masses[r]) * 1000.0 if r in masses else np.nan
+        for r, t in zip(table["region"], table["tiac_h"])]
+    table = table[["region", "tia_mbq_h", "tiac_h", "dose_gy_per_gbq", "tia_low", "tia_high"]]
+    inputs = [x for x in (args.twin, args.regimen) if x is not None]
+    write_csv_atomic(table, args.out, inputs=inputs)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"wrote {args.out}")
     return 0
