@@ -325,6 +325,30 @@ class Model:
             dy = dy.at[self.acc_offset:].multiply(w)
         return dy
 
+    def jacobian(self, t, y, args):
+        """Analytic dense Jacobian d(vector_field)/dy, (n_states, n_states): K plus the
+        derivative of the binding term (``args`` as for :meth:`vector_field`)."""
+        import jax.numpy as jnp
+
+        vals, kon_v, t_admin = args
+        n = self.n_states
+        J = jnp.zeros((n, n), y.dtype).at[self.sparse_rows, self.sparse_cols].add(vals)
+        fi, bi = self._free_idx, self._bound_idx          # (nb, ns)
+        btot = y[bi].sum(axis=1, keepdims=True)           # (nb, 1)
+        d_free = kon_v * btot                             # dq[b,s]/d free[b,s]
+        d_bound = kon_v * y[fi]                           # dq[b,s]/d bound[b,s'] (any s')
+        ns = fi.shape[1]
+        J = J.at[fi, fi].add(d_free).at[bi, fi].add(-d_free)
+        r_f = np.repeat(fi[:, :, None], ns, axis=2)       # (nb, ns, ns): row free[b,s]
+        r_b = np.repeat(bi[:, :, None], ns, axis=2)
+        c_b = np.repeat(bi[:, None, :], ns, axis=1)       # column bound[b,s']
+        dq = jnp.broadcast_to(d_bound[:, :, None], r_f.shape)
+        J = J.at[r_f, c_b].add(dq).at[r_b, c_b].add(-dq)
+        if self.mode == "total":
+            w = jnp.exp(-self.decay_constants_per_h[0] * (t - t_admin))
+            J = J.at[self.acc_offset:].multiply(w)
+        return J
+
     def vector_field_numpy(self, p: np.ndarray):
         """A plain NumPy right-hand side f(t, y) at parameters ``p`` (for scipy baselines)."""
         r = np.array(self._rate_fn_np(np.asarray(p)), dtype=np.float64)

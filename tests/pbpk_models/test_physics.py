@@ -98,11 +98,17 @@ def test_batch_equals_single_simulations(psma_corrected):
     idx = [model.parameter_names.index(n) for n in ("Rden_Kidney", "lambdaRel_Kidney", "Rden_SG")]
     P = np.tile(model.default_params(), (3, 1))
     P[:, idx] *= np.exp(0.3 * rng.standard_normal((3, len(idx))))
-    batch = simulate_batch(model, regimen, P, times_h=TIMES)
+    from pbpk_models.simulate import POPULATION_SETTINGS
+
+    batch = simulate_batch(model, regimen, P, times_h=TIMES)  # Rosenbrock, rtol 1e-6
     assert bool(np.all(batch["ok"]))
     for i in range(3):
-        one = simulate(model, regimen, params=P[i], times_h=TIMES)
+        one = simulate(model, regimen, params=P[i], times_h=TIMES, settings=POPULATION_SETTINGS)
         np.testing.assert_allclose(np.asarray(batch["tia_mbq_h"][i]), one.tia_mbq_h, rtol=1e-9)
+        # and the population solver agrees with Kvaerno5 at tight tolerance
+        tight = simulate(model, regimen, params=P[i], times_h=TIMES, settings=TIGHT)
+        np.testing.assert_allclose(np.asarray(batch["tia_mbq_h"][i]), tight.tia_mbq_h,
+                                   rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["Rden_Kidney", "lambdaRel_Kidney", "k_off", "Rden_TumorRest"])
