@@ -197,7 +197,9 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
         spec.parameter(name)
         if name in fixed:
             raise InputError(f"{name} is both fixed and personal; choose one")
-    settings = settings or SolverSettings(adjoint="forward")
+    # Rosenbrock (Rodas5P, analytic Jacobian, block solve) differentiates in forward mode and is
+    # much cheaper per solve than Kvaerno5 (benchmarks/RESULTS.md)
+    settings = settings or SolverSettings(adjoint="forward", method="rosenbrock")
     if settings.adjoint != "forward":
         raise InputError("the fit differentiates in forward mode: SolverSettings(adjoint="
                          "'forward')")
