@@ -133,7 +133,7 @@ class Model:
         def eid(expr) -> int:
             e = sp.sympify(expr)
             for _ in range(4):  # derived parameters may be nested (already resolved, but safe)
-                e = e.subs({sp.Symbol(k): v for k, v in resolved.items()
+                e = e.xreplace({sp.Symbol(k): v for k, v in resolved.items()
                             if sp.Symbol(k) in e.free_symbols})
             if e not in expr_index:
                 expr_index[e] = len(exprs)
@@ -224,7 +224,7 @@ class Model:
             raise ModelError(f"{spec.name}: expressions use undefined parameters {sorted(unknown)}")
         p = sp.IndexedBase("p")
         subs = {sp.Symbol(n): p[i] for i, n in enumerate(self.parameter_names)}
-        indexed = [e.subs(subs) for e in exprs]
+        indexed = [e.xreplace(subs) for e in exprs]
         self._rate_fn_np = sp.lambdify([p], indexed, modules="numpy", cse=True)
         self._rate_fn_jax = sp.lambdify([p], indexed, modules="jax", cse=True)
         # region selection: labelled amount per (rp, region)

@@ -245,7 +245,7 @@ class ModelSpec:
                 deps = {s.name for s in expr.free_symbols}
                 unresolved = deps & set(pending)
                 if not unresolved:
-                    out[name] = expr.subs({sp.Symbol(k): v for k, v in out.items()
+                    out[name] = expr.xreplace({sp.Symbol(k): v for k, v in out.items()
                                            if k in deps})
                     pending.pop(name)
                     progressed = True
@@ -264,8 +264,8 @@ class ModelSpec:
         if values:
             vals.update(values)
         resolved = self.resolved_derived()
-        e = sp.sympify(expr).subs({sp.Symbol(k): v for k, v in resolved.items()})
-        return float(e.subs({sp.Symbol(k): v for k, v in vals.items()}))
+        e = sp.sympify(expr).xreplace({sp.Symbol(k): v for k, v in resolved.items()})
+        return float(e.xreplace({sp.Symbol(k): v for k, v in vals.items()}))
 
     def derived_value(self, name: str, values: Mapping[str, float] | None = None) -> float:
         if name in self.derived:
@@ -283,10 +283,10 @@ class ModelSpec:
         e = sp.sympify(expr)
         # expand derived symbols that depend on ligand parameters, then rename
         for _ in range(3):
-            e = e.subs({sp.Symbol(k): v for k, v in resolved.items()
+            e = e.xreplace({sp.Symbol(k): v for k, v in resolved.items()
                         if sp.Symbol(k) in e.free_symbols
                         and {s.name for s in v.free_symbols} & self.ligand_parameters})
-        return e.subs({sp.Symbol(n): sp.Symbol(f"{n}[{ligand}]") for n in self.ligand_parameters})
+        return e.xreplace({sp.Symbol(n): sp.Symbol(f"{n}[{ligand}]") for n in self.ligand_parameters})
 
     @property
     def known_ligands(self) -> tuple[str, ...]:

@@ -187,7 +187,6 @@ def anatomy_volumes_ml(spacing_mm: float, seed: int) -> dict:
 def _voxel_dose(study, region_tia: dict, out: Path):
     """Spread the twin's region TIA by the latest SPECT and convolve; write dose files."""
     import numpy as np
-    import SimpleITK as sitk
 
     from twin.dosimetry import (compute_dose, hu_to_density, region_statistics,
                                 spread_region_tia, write_rtdose)
@@ -213,5 +212,4 @@ def _voxel_dose(study, region_tia: dict, out: Path):
     stats = region_statistics(dose, labels.array, names, voxel_volume_ml=voxel_ml)
     keep = [c for c in ("region", "mean_gy", "max_gy", "d2_gy", "d50_gy", "d98_gy")
             if c in stats.columns]
-    del sitk
     return stats[keep]
