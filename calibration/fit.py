@@ -141,7 +141,12 @@ def model_spec(model_name: str, variant: str | None = None):
     model_name, variant = _resolve_model(model_name, variant)
     key = (model_name, variant)
     if key not in _SPECS:
-        _SPECS[key] = build_spec(model_name, variant)
+        if model_name.endswith(".json"):  # a reduced model written by `twin reduce` (MBAM)
+            from calibration.mbam.io import load_reduced
+
+            _SPECS[key] = load_reduced(model_name)[0]
+        else:
+            _SPECS[key] = build_spec(model_name, variant)
     return _SPECS[key]
 
 
@@ -150,6 +155,8 @@ def _resolve_model(model, variant):
 
     if not isinstance(model, str):
         raise InputError("model must be a library model name, e.g. 'psma-pbrpk'")
+    if model.endswith(".json"):  # REDUCED.json (calibration.mbam): a model like any other
+        return model, variant or "reduced"
     if model not in MODELS:
         raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
     return model, variant or MODELS[model][1][0]
@@ -189,7 +196,12 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
     if noise not in ("observations", "model"):
         raise InputError(f"noise must be 'observations' or 'model', not {noise!r}")
     if prior is None:
-        prior = default_prior(model_name, spec, personal, prior_overrides)
+        if model_name.endswith(".json"):  # reduced model: base model's priors (MBAM)
+            from calibration.mbam.io import reduced_prior
+
+            prior = reduced_prior(model_name, spec, personal, prior_overrides)
+        else:
+            prior = default_prior(model_name, spec, personal, prior_overrides)
     elif personal is not None and tuple(personal) != tuple(prior.names):
         raise InputError("give either personal parameter names or a prior, not both (the prior "
                          "names the personal parameters)")

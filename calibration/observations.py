@@ -20,8 +20,6 @@ this model; they are systematic, not random.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,20 +166,8 @@ class Observations:
 
     def to_csv(self, path, inputs=()) -> Path:
         """Write exactly the six columns, atomically; refuses to overwrite an input."""
+        from pbpk_models.atomic import write_csv_atomic
+
         path = Path(path)
-        for p in inputs:
-            if p is not None and Path(p).exists() and path.exists() and os.path.samefile(p, path):
-                raise InputError(f"refusing to overwrite the input file {path}; choose another "
-                                 f"output")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.exists():
-            raise InputError(f"output folder {parent} does not exist; create it first")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
-        try:
-            self.to_dataframe().to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_csv_atomic(self.to_dataframe(), path, inputs=inputs)
         return path

@@ -87,22 +87,10 @@ def dumps_twin(posterior: Posterior, regimen: Regimen | None = None) -> str:
 
 def write_twin(path, posterior: Posterior, regimen: Regimen | None = None) -> Path:
     """Write TWIN.json atomically (temporary file beside it, then rename)."""
-    import os
-    import tempfile
+    from pbpk_models.atomic import write_text_atomic
 
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise InputError(f"output folder {parent} does not exist; create it first")
-    text = dumps_twin(posterior, regimen)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dumps_twin(posterior, regimen))
     return path
 
 

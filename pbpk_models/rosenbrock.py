@@ -274,7 +274,7 @@ class PBPKRosenbrock:
                     for s2 in range(self.ns):
                         nl_r.append(r); nl_c.append(bi[b, s2]); nl_src.append(nbs + k)
                         nl_sgn.append(sg)
-        nl_r, nl_c = np.array(nl_r), np.array(nl_c)
+        nl_r, nl_c = np.array(nl_r, dtype=int), np.array(nl_c, dtype=int)
         pattern = np.zeros((n_imp, n_imp), dtype=bool)
         lin = rows < n_imp
         pattern[rows[lin], cols[lin]] = True
@@ -333,7 +333,7 @@ class PBPKRosenbrock:
         nl_dest = dest(nl_r, nl_c)
         self._jac_dest, inv = np.unique(nl_dest, return_inverse=True)
         Pj = np.zeros((2 * nbs, self._jac_dest.size))
-        np.add.at(Pj, (np.array(nl_src), inv.ravel()), np.array(nl_sgn))
+        np.add.at(Pj, (np.array(nl_src, dtype=int), inv.ravel()), np.array(nl_sgn, dtype=float))
         self._Pjac = Pj
         # dense fallback: block arrays -> dense padded matrix
         dr, dc = [], []

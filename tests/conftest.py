@@ -8,3 +8,20 @@ os.environ.setdefault("EQX_ON_ERROR", "nan")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+# The suite runs on every core with pytest-xdist (`-n auto --dist loadgroup` in pyproject.toml).
+# Tests of one file share compiled JAX functions and module fixtures, so a file stays on one
+# worker; the demo, report and run tests share one demo run, so they form one group.
+_DEMO_FILES = {"test_demo.py", "test_report.py", "test_run.py"}
+
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        group = "demo" if name in _DEMO_FILES else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))

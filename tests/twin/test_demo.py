@@ -1,34 +1,109 @@
 """The demo end to end: the twin drives the synthetic DICOM patient, which is read back,
-observed and dosed; the same seed gives identical tables."""
+observed, calibrated and dosed; the same seed gives identical tables; Ctrl-C leaves only
+complete files.
+
+One quick demo run is shared by the tests of this module (and by tests/twin/test_run.py and
+tests/twin/test_report.py through the ``demo_dir`` fixture of tests/twin/demo_fixture.py).
+"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from tests.twin.demo_fixture import DEMO_SEED, assert_complete_outputs, demo_dir  # noqa: F401
 from twin.cli import main
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_demo_quick_is_reproducible_and_complete(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["demo", "--quick", "--out", str(a), "--seed", "3"]) == 0
-    assert main(["demo", "--quick", "--out", str(b), "--seed", "3"]) == 0
-    for name in ("regions.csv", "observations.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(a / name), pd.read_csv(b / name))
-    for name in ("dose.nii.gz", "dose_rtdose.dcm", "provenance.json"):
-        assert (a / name).is_file()
-    regions = pd.read_csv(a / "regions.csv").set_index("region")
-    # the voxel dose of the kidneys agrees with the twin's self-dose within 30% (cross-dose,
-    # partial volume of the SPECT pattern and the kernel's spread make the difference)
-    self_dose = regions.loc["Kidney", "dose_gy_per_gbq"] * 7.4
-    assert regions.loc["Kidney", "mean_gy"] == pytest.approx(self_dose, rel=0.3)
-    obs = pd.read_csv(a / "observations.csv")
+
+def test_demo_outputs_are_complete(demo_dir):  # noqa: F811
+    for name in ("report.html", "regions.csv", "observations.csv", "twin.json", "dose.nii.gz",
+                 "dose_rtdose.dcm", "provenance.json"):
+        assert (demo_dir / name).is_file(), name
+    assert_complete_outputs(demo_dir)
+    prov = json.loads((demo_dir / "provenance.json").read_text())
+    assert prov["demo"]["seed"] == DEMO_SEED and prov["model"]["name"] == "psma-pbrpk"
+    for stage in ("truth_twin", "phantom", "read_observe", "calibrate", "dose", "report"):
+        assert prov["timings_s"][f"{stage}_s"] >= 0
+        assert prov["timings_s"][f"{stage}_cpu_s"] >= 0
+    assert prov["input_sha256_16"]["study"]
+
+
+def test_demo_calibration_recovers_the_truth_within_its_bands(demo_dir):  # noqa: F811
+    """The fitted twin's kidney TIA is near the synthetic patient's true TIA (the truth folder
+    written by the phantom), and the organ dose is consistent with the twin's self-dose."""
+    regions = pd.read_csv(demo_dir / "regions.csv").set_index("region")
+    truth = pd.read_csv(demo_dir / "study" / "truth" / "tacs.csv")
+    kid = truth[(truth["radiopharmaceutical"] == "lu177-psma-617") & (truth["region"] == "Kidney")]
+    from scipy.integrate import trapezoid
+
+    # the synthetic patient's true kidney TIA: its dense true curve (from the therapy on)
+    true_tia = trapezoid(kid["activity_mbq"], kid["time_h"])
+    k = regions.loc["Kidney"]
+    assert k["tia_low"] <= k["tia_mbq_h"] <= k["tia_high"]
+    # fitted on the PET and the 4 h SPECT only: the kidney TIA is within 25% of the truth
+    assert k["tia_mbq_h"] == pytest.approx(true_tia, rel=0.25)
+    # voxel mean dose vs the twin's own self-dose: within 30% (cross-dose, partial volume and
+    # the kernel's spread make the difference)
+    assert k["mean_gy"] == pytest.approx(k["dose_gy"], rel=0.3)
+    assert k["limit_gy"] == 23.0
+    assert k["fraction_of_limit"] == pytest.approx(k["mean_gy"] / 23.0)
+    obs = pd.read_csv(demo_dir / "observations.csv")
     assert set(obs["modality"]) == {"PET", "SPECT"}
-    # the PET at 1 h sees 68Ga-PSMA-11, the SPECTs 177Lu-PSMA-617
     assert set(obs["radiopharmaceutical"]) == {"ga68-psma-11", "lu177-psma-617"}
-    prov = json.loads((a / "provenance.json").read_text())
-    assert prov["seed"] == 3 and prov["model"]["name"] == "psma-pbrpk"
+
+
+def test_demo_twice_with_the_same_seed_gives_identical_tables(demo_dir, tmp_path):  # noqa: F811
+    again = tmp_path / "again"
+    assert main(["demo", "--quick", "--out", str(again), "--seed", str(DEMO_SEED)]) == 0
+    for name in ("regions.csv", "observations.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(demo_dir / name), pd.read_csv(again / name))
+    from calibration import read_twin
+
+    a, _ = read_twin(demo_dir / "twin.json")
+    b, _ = read_twin(again / "twin.json")
+    np.testing.assert_array_equal(a.theta_map, b.theta_map)
+    np.testing.assert_array_equal(a.cov_log, b.cov_log)
+    import SimpleITK as sitk
+
+    da = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_dir / "dose.nii.gz")))
+    db = sitk.GetArrayFromImage(sitk.ReadImage(str(again / "dose.nii.gz")))
+    np.testing.assert_array_equal(da, db)
+
+
+def test_ctrl_c_leaves_no_half_written_file(tmp_path):
+    """SIGINT while the demo is calibrating (after its first outputs): exit 130, a one-line
+    message, and every file in the output folder complete; no temporary file left."""
+    out = tmp_path / "interrupted"
+    env = dict(os.environ, JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--quick", "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        deadline = time.time() + 900
+        while not (out / "observations.csv").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the demo did not reach its first output"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the calibration stage
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (out / "report.html").exists()  # interrupted before the report
+    assert_complete_outputs(out)
 
 
 def test_demo_refuses_a_file_as_output(tmp_path, capsys):

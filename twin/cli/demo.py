@@ -1,86 +1,73 @@
 """``twin demo``: the pipeline on the built-in synthetic patient.
 
-Stages (more arrive with calibration, MBAM, planning):
+Stages:
 1. the population-typical patient's twin (``psma-pbrpk``, corrected variant): 68Ga-PSMA-11 PET
    (150 MBq, 3 nmol) at t = 0 and 177Lu-PSMA-617 (7.4 GBq) one week later, one simulation;
 2. the synthetic patient written as real DICOM (CT, PET 1 h, SPECT 4/24/96/168 h, RTSTRUCT) from
-   the twin's region curves, with its ground truth;
-3. the DICOM read back like clinical data and observed: region activity per scan;
-4. the therapy's voxel TIA (the twin's region TIA spread over each region by the latest SPECT's
-   uptake pattern) and the absorbed dose by kernel convolution with CT density correction;
-5. outputs: DIR/regions.csv (per region: twin TIA, TIAC, self-dose per GBq with clinical ranges,
-   voxel dose statistics), DIR/observations.csv, DIR/dose.nii.gz, DIR/dose_rtdose.dcm,
-   DIR/provenance.json (versions, parameters, seed, timings), DIR/study/ (the DICOM).
+   the twin's region curves, with its ground truth (DIR/study/);
+3-6. the shared pipeline (:func:`twin.pipeline.run_pipeline`, the same as ``twin run``): the
+   DICOM read back like clinical data and observed; the twin calibrated on the PET and the first
+   SPECT (DIR/twin.json); voxel TIA and dose (DIR/dose.nii.gz, DIR/dose_rtdose.dcm); tables
+   (DIR/regions.csv, DIR/observations.csv), DIR/report.html and DIR/provenance.json.
+
+The model, MBAM and planning stages arrive with their issues. ``--quick``: 6.6 mm voxels and
+fewer posterior samples.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import time
 from pathlib import Path
 
-# Published clinical ranges of absorbed dose per administered activity (Gy/GBq), for the table.
-# 177Lu-PSMA-617: kidneys 0.39 (Violet J et al., J Nucl Med 2019;60:517) to 0.82 +/- 0.25
-# (Mol Imaging Radionucl Ther 2017, PMC5472088); salivary glands 0.44-0.72 (Hohberg M et al.,
-# Mol Imaging Biol 2016;18:437: 0.72) to 1.90 +/- 1.19 (parotid, PMC5472088).
-# 177Lu-DOTATATE: kidneys 0.38 +/- 0.19 (EJNMMI Phys 2018, doi:10.1186/s40658-018-0232-9) to
-# 0.57 +/- 0.09 (Clin Nucl Med 2013); spleen 0.85 (Lutathera label) to 1.17 +/- 0.14 (Clin Nucl
-# Med 2013). See shared/data/pbpk/clinical_reference.md and docs/research/.
-CLINICAL_RANGES_GY_PER_GBQ = {
-    "lu177-psma-617": {"Kidney": (0.39, 0.82), "SG": (0.44, 1.90)},
-    "lu177-dotatate": {"Kidney": (0.38, 0.57), "Spleen": (0.85, 1.17)},
-}
+from twin.pipeline import CLINICAL_RANGES_GY_PER_GBQ as CLINICAL_RANGES_GY_PER_GBQ  # noqa: F401
+
 PET_MBQ, PET_NMOL = 150.0, 3.0  # 68Ga-PSMA-11: 1.8-2.2 MBq/kg label; 3 nmol (Begum 2019)
 THERAPY_MBQ = 7400.0            # standard 177Lu-PSMA-617 cycle (VISION)
+THERAPY_NMOL = 57.09            # 10.18 labelled + 46.91 unlabelled (pbpk_models.regimen)
 THERAPY_AT_H = 168.0
 SPECT_TIMES_H = (4.0, 24.0, 96.0, 168.0)
+QUICK_SPACING_MM, FULL_SPACING_MM = 6.6, 4.4
+QUICK_SAMPLES, FULL_SAMPLES = 60, 200
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the built-in synthetic patient",
         description="Build the population-typical 177Lu-PSMA-617 twin, write the synthetic "
-                    "patient as DICOM from it, read it back, observe, and compute voxel dose. "
-                    "Outputs: regions.csv, observations.csv, dose.nii.gz, dose_rtdose.dcm, "
-                    "provenance.json and the DICOM study, in --out.")
+                    "patient as DICOM from it, read it back, observe, calibrate a personal twin "
+                    "on the PET and the first SPECT, and compute voxel dose. Outputs in --out: "
+                    "report.html, regions.csv, observations.csv, twin.json, dose.nii.gz, "
+                    "dose_rtdose.dcm, provenance.json and the DICOM study (study/dicom).")
     p.add_argument("--out", type=Path, default=Path("twin-demo"), help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help="coarser synthetic patient (6.6 mm voxels) for a faster run")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic patient")
+                   help="coarser synthetic patient (6.6 mm voxels) and fewer posterior samples "
+                        "for a faster run")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the synthetic patient, the fit's starts and the "
+                        "posterior samples")
     p.set_defaults(func=run)
 
 
-def _stage(i, n, text):
-    print(f"[{i}/{n}] {text}", flush=True)
+def demo_config(quick: bool, seed: int, spect_calibration_cps_per_mbq: float):
+    """The pipeline configuration of the demo (what docs/run_config_example.toml writes out)."""
+    from twin.pipeline import PipelineConfig
 
-
-def twin_table(result, rp: str):
-    """Region TIA, TIAC and self-dose per GBq of one radiopharmaceutical, with clinical ranges."""
-    from pbpk_models import radionuclides as rn
-    from twin.cli.simulate import region_table
-
-    nuclide = dict((r.name, r.nuclide) for r in result.model.radiopharmaceuticals)[rp]
-    i = result.radiopharmaceuticals.index(rp)
-    table = region_table(result, rn.energy_per_decay_mev(nuclide), rp_index=i)
-    ranges = CLINICAL_RANGES_GY_PER_GBQ.get(rp, {})
-    table["clinical_gy_per_gbq"] = [
-        f"{ranges[r][0]}-{ranges[r][1]}" if r in ranges else "" for r in table["region"]]
-    return table
+    return PipelineConfig(
+        model="psma-pbrpk", variant="corrected", therapy="lu177-psma-617",
+        ligand_nmol={"ga68-psma-11": PET_NMOL, "lu177-psma-617": THERAPY_NMOL},
+        spect_calibration_cps_per_mbq=spect_calibration_cps_per_mbq,
+        fit_seed=seed, sample_seed=seed,
+        samples=QUICK_SAMPLES if quick else FULL_SAMPLES)
 
 
 def run(args) -> int:
-    import jax
     import numpy as np
     import pandas as pd
 
-    from pbpk_models import radionuclides as rn
     from pbpk_models.library import build_spec
     from pbpk_models.regimen import Administration, Regimen
-    from pbpk_models.simulate import simulate
-    from twin.atomic import write_csv_atomic, write_text_atomic
+    from pbpk_models.simulate import POPULATION_SETTINGS, simulate
     from twin.errors import InputError
+    from twin.pipeline import Progress, run_pipeline
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -89,27 +76,25 @@ def run(args) -> int:
     if study_dir.exists() and any(study_dir.iterdir()):
         raise InputError(f"{study_dir} exists and is not empty; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    n = 5
-    timings = {}
-    t0 = time.time()
+    progress = Progress(6)
 
-    _stage(1, n, "the population-typical twin: 68Ga-PSMA-11 PET, then 7.4 GBq 177Lu-PSMA-617")
-    spacing = 6.6 if args.quick else 4.4
+    progress.stage("truth_twin", "the population-typical twin: 68Ga-PSMA-11 PET, then 7.4 GBq "
+                                 "177Lu-PSMA-617")
+    spacing = QUICK_SPACING_MM if args.quick else FULL_SPACING_MM
     # the synthetic patient's anatomy sets the twin's organ and lesion volumes
     spec = build_spec("psma-pbrpk", "corrected").with_values(anatomy_volumes_ml(spacing, args.seed))
     regimen = Regimen((
         Administration(0.0, "ga68-psma-11", PET_MBQ, PET_NMOL),
-        Administration(THERAPY_AT_H, "lu177-psma-617", THERAPY_MBQ, 57.09),
+        Administration(THERAPY_AT_H, "lu177-psma-617", THERAPY_MBQ, THERAPY_NMOL),
     ))
     scan_times = [1.0] + [THERAPY_AT_H + t for t in SPECT_TIMES_H]
     times = np.unique(np.concatenate([np.linspace(0.0, THERAPY_AT_H + 60 * 24, 301), scan_times]))
-    result = simulate(spec, regimen, times_h=times, days=60.0)
+    # Rosenbrock (Rodas5P): robust for this stiff system and cheap to compile
+    result = simulate(spec, regimen, times_h=times, days=60.0, settings=POPULATION_SETTINGS)
     tacs = pd.concat([result.to_frame(rp) for rp in result.radiopharmaceuticals])
-    table = twin_table(result, "lu177-psma-617")
-    timings["twin_s"] = round(time.time() - t0, 2)
+    truth_tia = result.tia("lu177-psma-617")
 
-    _stage(2, n, "the synthetic patient as DICOM (CT, PET, SPECT x4, RTSTRUCT)")
-    t = time.time()
+    progress.stage("phantom", "the synthetic patient as DICOM (CT, PET, SPECT x4, RTSTRUCT)")
     from twin.imaging import simulate_phantom, write_phantom
 
     phantom = simulate_phantom(tacs, spacing_mm=spacing, pet_time_h=1.0,
@@ -117,50 +102,27 @@ def run(args) -> int:
                                therapy_admin_h=THERAPY_AT_H, pet_activity_mbq=PET_MBQ,
                                therapy_activity_mbq=THERAPY_MBQ, seed=args.seed)
     write_phantom(phantom, study_dir)
-    timings["phantom_s"] = round(time.time() - t, 2)
-
-    _stage(3, n, "reading the DICOM back and observing region activity")
-    t = time.time()
-    from twin.imaging import load_study
-    from twin.observe import observe
 
     # the camera's calibration factor, as a user gives it for their SPECT/CT
-    study = load_study(study_dir / "dicom", spect_calibration_cps_per_mbq=phantom.settings[
-        "spect_calibration_cps_per_mbq"])
-    observations = observe(study)
-    observations.to_csv(out / "observations.csv")
-    timings["observe_s"] = round(time.time() - t, 2)
-
-    _stage(4, n, "voxel TIA and absorbed dose (kernel convolution, CT density)")
-    t = time.time()
-    dose_table = _voxel_dose(study, result.tia("lu177-psma-617"), out)
-    timings["dose_s"] = round(time.time() - t, 2)
-
-    _stage(5, n, "tables and provenance")
-    table = table.merge(dose_table, on="region", how="left")
-    write_csv_atomic(table, out / "regions.csv")
-    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-              for p in sorted((out).glob("*.csv"))}
-    provenance = {
-        "twin_version": __import__("twin").__version__,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "model": {"name": spec.name, "variant": spec.variant, "references": spec.references},
-        "parameters": {k: float(v) for k, v in zip(result.model.parameter_names,
-                                                    np.asarray(result.params))},
-        "regimen": regimen.to_frame().to_dict(orient="records"),
-        "seed": args.seed,
-        "voxel_mm": spacing,
-        "nuclide_energy_mev": rn.energy_per_decay_mev("Lu-177"),
-        "output_sha256_16": hashes,
-        "timings_s": {**timings, "total_s": round(time.time() - t0, 2)},
-    }
-    write_text_atomic(out / "provenance.json", json.dumps(provenance, indent=2))
-    show = table[["region", "tia_mbq_h", "tiac_h", "dose_gy_per_gbq", "clinical_gy_per_gbq"]
-                 + [c for c in ("mean_gy",) if c in table]]
+    config = demo_config(args.quick, args.seed, phantom.settings["spect_calibration_cps_per_mbq"])
+    res = run_pipeline(
+        study_dir / "dicom", config, out, progress=progress,
+        title="Theranostic digital twin: the synthetic demo patient",
+        summary_extra={"patient": "synthetic (twin demo)", "voxel size (mm)": spacing,
+                       "seed": args.seed},
+        extra_provenance={"demo": {"seed": args.seed, "voxel_mm": spacing, "quick": args.quick,
+                                   "truth_parameters_changed": anatomy_volumes_ml(spacing,
+                                                                                  args.seed)}})
+    table = res["regions"]
+    table["truth_tia_mbq_h"] = table["region"].map(truth_tia)
+    show = table[["region", "tia_mbq_h", "tia_low", "tia_high", "truth_tia_mbq_h",
+                  "dose_gy_per_gbq", "clinical_gy_per_gbq", "mean_gy"]]
+    show = show[show["region"].isin(["Kidney", "SG", "Liver", "Spleen", "Tumor1", "Tumor2",
+                                     "TumorRest", "RedMarrow"])]
     print(show.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"wrote {out}/regions.csv, observations.csv, dose.nii.gz, dose_rtdose.dcm, "
-          f"provenance.json, study/ ({time.time() - t0:.0f} s)")
+    total = res["provenance"]["timings_s"]["total_s"]
+    print(f"wrote {out}/report.html, regions.csv, observations.csv, twin.json, dose.nii.gz, "
+          f"dose_rtdose.dcm, provenance.json, study/ ({total:.0f} s)")
     return 0
 
 
@@ -182,34 +144,3 @@ def anatomy_volumes_ml(spacing_mm: float, seed: int) -> dict:
         if region in ANATOMY_PARAMETERS:
             out[f"V_{region}"] = float((labels == label).sum()) * voxel_ml
     return out
-
-
-def _voxel_dose(study, region_tia: dict, out: Path):
-    """Spread the twin's region TIA by the latest SPECT and convolve; write dose files."""
-    import numpy as np
-
-    from twin.dosimetry import (compute_dose, hu_to_density, region_statistics,
-                                spread_region_tia, write_rtdose)
-    from twin.imaging import resample_to
-    from twin.imaging.io import write_nifti
-
-    labels = study.masks.labels
-    names = dict(study.masks.names)
-    latest = max(study.spect, key=lambda s: s.start)
-    uptake = resample_to(latest.volume, labels, interpolation="linear").array
-    uptake = np.clip(uptake, 0.0, None)
-    known = {r: v for r, v in region_tia.items() if r in set(names.values())}
-    tia = spread_region_tia(known, labels.array, names, uptake)
-    ct = resample_to(study.ct, labels, interpolation="linear", default_value=-1000.0)
-    density = hu_to_density(ct.array)
-    spacing_zyx = tuple(float(s) for s in labels.spacing_mm[::-1])
-    dose = np.asarray(compute_dose(tia.astype(np.float32), "Lu-177", spacing_zyx,
-                                   density_g_cm3=density))
-    dose_vol = labels.replace(array=dose.astype(np.float32), units="Gy")
-    write_nifti(dose_vol, out / "dose.nii.gz")
-    write_rtdose(dose_vol.to_sitk(), out / "dose_rtdose.dcm")
-    voxel_ml = float(np.prod(labels.spacing_mm)) / 1000.0
-    stats = region_statistics(dose, labels.array, names, voxel_volume_ml=voxel_ml)
-    keep = [c for c in ("region", "mean_gy", "max_gy", "d2_gy", "d50_gy", "d98_gy")
-            if c in stats.columns]
-    return stats[keep]

@@ -72,12 +72,12 @@ def _parse_priors(spec, items) -> dict:
 def run(args) -> int:
     from calibration import Observations, fit, format_identifiability, read_twin
     from calibration.twinfile import dumps_twin
-    from pbpk_models.library import build_spec
+    from calibration.fit import model_spec
     from pbpk_models.regimen import Regimen
     from twin.atomic import write_text_atomic
     from twin.cli.simulate import parse_sets
 
-    spec = build_spec(args.model, args.variant)
+    spec = model_spec(args.model, args.variant)  # name or REDUCED.json
     observations = Observations.from_csv(args.observations)
     regimen = Regimen.from_csv(args.regimen)
     personal = None

@@ -161,7 +161,7 @@ def add_regimen_dose(table, result, energy_mev: float):
 
 def run(args) -> int:
     from pbpk_models import radionuclides as rn
-    from pbpk_models.library import build_spec
+    from calibration.fit import model_spec
     from pbpk_models.regimen import Administration, Regimen
     from pbpk_models.simulate import simulate
     from twin.atomic import write_csv_atomic
@@ -170,7 +170,7 @@ def run(args) -> int:
         return run_twin(args)
     if args.model is None:
         raise InputError("give --model NAME (e.g. psma-pbrpk) or --twin TWIN.json")
-    spec = build_spec(args.model, args.variant)
+    spec = model_spec(args.model, args.variant)  # name or REDUCED.json
     if args.list_parameters:
         print(parameter_table(spec).to_string(index=False))
         return 0
@@ -251,6 +251,14 @@ def run_twin(args) -> int:
         t * u.gy_per_mbq_h(e, masses[r]) * 1000.0 if r in masses else np.nan
         for r, t in zip(table["region"], table["tiac_h"])]
     table = table[["region", "tia_mbq_h", "tiac_h", "dose_gy_per_gbq", "tia_low", "tia_high"]]
+    if args.regimen is not None:
+        # whole-regimen dose and BED at the MAP (twin.dosimetry.organ; same radiopharmaceutical)
+        from twin.dosimetry.organ import organ_doses, patient_params
+
+        od = organ_doses(model, regimen, patient_params(model, posterior),
+                         radiopharmaceutical=pred.radiopharmaceutical, days=args.days)
+        table["dose_gy"] = [od.total("dose_gy")[0, od.region_index(r)] for r in table["region"]]
+        table["bed_gy"] = [od.total("bed_gy")[0, od.region_index(r)] for r in table["region"]]
     inputs = [x for x in (args.twin, args.regimen) if x is not None]
     write_csv_atomic(table, args.out, inputs=inputs)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))

@@ -8,6 +8,7 @@ from twin.dosimetry.convolve import (
     convolve_dose as convolve_dose,
     convolve_fft as convolve_fft,
     fft_shape as fft_shape,
+    next_smooth as next_smooth,
 )
 from twin.dosimetry.density import (
     density_scale as density_scale,
@@ -59,5 +60,13 @@ from twin.dosimetry.rtdose import (
     read_rtdose as read_rtdose,
     write_nifti as write_nifti,
     write_rtdose as write_rtdose,
+)
+from twin.dosimetry.voxel_pbpk import (
+    RegionSubsystem as RegionSubsystem,
+    receptor_scale_from_uptake as receptor_scale_from_uptake,
+    region_subsystem as region_subsystem,
+    solve_region as solve_region,
+    voxel_tia_image as voxel_tia_image,
+    voxel_tia_pbpk as voxel_tia_pbpk,
 )
 from twin.dosimetry.voxel_tia import spread_region_tia as spread_region_tia

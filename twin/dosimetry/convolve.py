@@ -1,11 +1,19 @@
 """FFT convolution of time-integrated activity with a voxel S-value kernel (JAX, float32).
 
 dose(x) = sum_y TIA(y) S(x - y): a linear convolution, computed as a real FFT product under
-``jax.jit``. Zero padding: each axis is padded to the smallest FFT-friendly length
-L >= n + h (n voxels, h kernel half-width), which is enough for no circular wrap-around (a
-kernel offset d in [-h, h] and a voxel pair at distance |x - y| <= n - 1 can only alias when
-L <= n + h - 1). The kernel's FFT is computed once per (kernel, grid shape) and cached; volumes
-may carry leading batch axes (time points, virtual patients), which share the kernel FFT.
+``jax.jit``. Zero padding: each axis is padded to the smallest 11-smooth length L >= n + h
+(n voxels, h kernel half-width), which is enough for no circular wrap-around (a kernel offset d
+in [-h, h] and a voxel pair at distance |x - y| <= n - 1 can only alias when L <= n + h - 1).
+11-smooth: XLA's CPU FFT is DUCC (ducc0), which has dedicated radix-2, 3, 4, 5, 7, 8 and 11
+passes, so these lengths are as fast per point as 2-3-5-smooth ones and often shorter
+(256 + 15 -> 275 instead of 288: 13 % fewer points).
+
+The kernel's FFT is computed once per (kernel, grid shape) and cached. Dose kernels are
+point-symmetric (S(-R) = S(R)), so their FFT is real: it is stored as float32 (half the memory
+of complex64). Volumes may carry leading batch axes (time points, virtual patients): they are
+convolved one after the other inside one compiled function (``lax.map``), sharing the kernel
+FFT, which keeps the working set at one volume (measured 1.35x faster per volume than a Python
+loop over single calls, and faster than one batched FFT call, on the 2-core CPU).
 
 All arithmetic is float32 / complex64, set explicitly (the tests run with JAX x64 enabled);
 float32 agrees with float64 to about 5e-6 relative (NOTES.md).
@@ -24,25 +32,50 @@ import scipy.fft
 from twin.errors import InputError
 
 
+# Radices with dedicated passes in DUCC's 1-D FFT (ducc0/fft/fft1d_impl.h: pass2, pass3, pass4,
+# pass5, pass7, pass8, pass11); other prime factors go through a generic, slower pass.
+_FAST_PRIMES = (2, 3, 5, 7, 11)
+
+
+def next_smooth(n: int, primes=_FAST_PRIMES) -> int:
+    """The smallest integer >= n whose prime factors are all in ``primes``."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in primes:
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
 def fft_shape(grid_shape, kernel_shape) -> tuple:
-    """Padded FFT lengths per axis: the smallest 2-3-5-smooth L >= n + h (and >= kernel size)."""
+    """Padded FFT lengths per axis: the smallest 11-smooth L >= n + h (and >= kernel size)."""
     out = []
     for n, k in zip(grid_shape, kernel_shape):
         if k % 2 != 1:
             raise InputError(f"kernel sizes must be odd (centred kernel), "
                              f"got {tuple(kernel_shape)}")
         h = k // 2
-        out.append(int(scipy.fft.next_fast_len(max(int(n) + h, k), real=True)))
+        out.append(next_smooth(max(int(n) + h, k)))
     return tuple(out)
 
 
 def _kernel_fft_np(kernel: np.ndarray, fshape: tuple) -> jax.Array:
-    """rfftn of the kernel placed with its centre at index 0 (negative offsets wrapped)."""
+    """rfftn of the kernel placed with its centre at index 0 (negative offsets wrapped).
+
+    A point-symmetric kernel (k(-d) = k(d), every dose kernel) has a real FFT: returned as
+    float32. Otherwise complex64.
+    """
     k = np.asarray(kernel, dtype=np.float32)
     padded = np.zeros(fshape, dtype=np.float32)
     padded[tuple(slice(0, s) for s in k.shape)] = k
     padded = np.roll(padded, tuple(-(s // 2) for s in k.shape), axis=(0, 1, 2))
-    return _rfft3(jnp.asarray(padded, dtype=jnp.float32))
+    f = _rfft3(jnp.asarray(padded, dtype=jnp.float32))
+    if np.array_equal(k, k[::-1, ::-1, ::-1]):
+        return jnp.real(f).astype(jnp.float32)
+    return f
 
 
 @jax.jit
@@ -55,15 +88,22 @@ def _convolve_with_fft(volumes, kernel_fft, fshape, grid_shape, nonnegative=Fals
     """Pure, jitted: volumes (..., nz, ny, nx) float32 -> dose of the same shape.
 
     ``nonnegative``: clip FFT round-off (about 1e-7 of the maximum) below zero, for dose.
+    Leading batch axes are flattened and mapped over sequentially (``lax.map``).
     """
-    x = volumes.astype(jnp.float32)
-    f = jnp.fft.rfftn(x, s=fshape, axes=(-3, -2, -1))  # zero-pads to fshape
-    y = jnp.fft.irfftn(f * kernel_fft, s=fshape, axes=(-3, -2, -1))
     nz, ny, nx = grid_shape
-    y = y[..., :nz, :ny, :nx]
-    if nonnegative:
-        y = jnp.maximum(y, 0.0)
-    return y.astype(jnp.float32)
+
+    def one(x):
+        f = jnp.fft.rfftn(x.astype(jnp.float32), s=fshape, axes=(-3, -2, -1))  # zero-pads
+        y = jnp.fft.irfftn(f * kernel_fft, s=fshape, axes=(-3, -2, -1))[:nz, :ny, :nx]
+        if nonnegative:
+            y = jnp.maximum(y, 0.0)
+        return y.astype(jnp.float32)
+
+    if volumes.ndim == 3:
+        return one(volumes)
+    lead = volumes.shape[:-3]
+    flat = volumes.reshape((-1, nz, ny, nx))
+    return jax.lax.map(one, flat).reshape(lead + (nz, ny, nx))
 
 
 class KernelFFTCache:

@@ -35,12 +35,29 @@ def test_no_wraparound_at_edges():
 def test_fft_shape_is_fast_and_large_enough():
     fs = C.fft_shape((256, 128, 300), (11, 13, 13))
     assert fs[0] >= 256 + 5 and fs[1] >= 128 + 6 and fs[2] >= 300 + 6
-    for n in fs:
+    for n, need in zip(fs, (261, 134, 306)):
         m = n
-        for p in (2, 3, 5):
+        for p in (2, 3, 5, 7, 11):
             while m % p == 0:
                 m //= p
         assert m == 1
+        # minimal: no 11-smooth length between the need and the choice
+        assert all(C.next_smooth(L) > L for L in range(need, n))
+    assert C.fft_shape((256,) * 3, (31,) * 3) == (275,) * 3  # 5^2 x 11
+
+
+def test_symmetric_kernel_fft_is_stored_real():
+    k = voxel_s_values("Lu-177", (4.42, 4.42, 4.8))
+    fs = (16, 18, 20)
+    kf = C._kernel_fft_np(k, fs)
+    assert kf.dtype == jnp.float32 and kf.shape == (16, 18, 11)
+    padded = np.pad(k, [(0, f - n) for f, n in zip(fs, k.shape)])
+    full = np.fft.rfftn(np.roll(padded, tuple(-(n // 2) for n in k.shape), axis=(0, 1, 2)))
+    assert np.abs(full.imag).max() < 1e-6 * np.abs(full).max()
+    assert np.allclose(np.asarray(kf), full.real, rtol=1e-5, atol=1e-6 * np.abs(full).max())
+    asym = np.zeros((3, 3, 3))
+    asym[0, 1, 1] = 1.0
+    assert C._kernel_fft_np(asym, (8, 8, 8)).dtype == jnp.complex64
 
 
 def test_batch_equals_one_at_a_time_and_cache_hits():

@@ -122,7 +122,8 @@ def test_cli_writes_all_outputs(study):
     assert np.allclose(rt, sitk.GetArrayFromImage(dose), atol=float(rt.max()) * 1e-8 + 1e-12)
 
 
-@pytest.mark.parametrize("case", ["nan", "negative", "nuclide", "grid", "oblique", "missing"])
+@pytest.mark.parametrize("case", ["nan", "negative", "nuclide", "grid", "oblique", "missing",
+                                  "masks-grid", "oblique-ct"])
 def test_cli_bad_input_one_line_nothing_written(study, case, capsys):
     d = study
     tia = str(d / "tia.nii.gz")
@@ -151,6 +152,15 @@ def test_cli_bad_input_one_line_nothing_written(study, case, capsys):
         tia = str(d / "bad.mha")
     elif case == "missing":
         tia = str(d / "nope.nii.gz")
+    elif case == "masks-grid":  # label volume on another grid, no --resample
+        lab = _image(np.ones((10, 9, 8), np.uint8), (8.84, 8.84, 9.6), (0.0, 0.0, 0.0))
+        sitk.WriteImage(lab, str(d / "lab2.nii.gz"))
+        extra = ["--masks", str(d / "lab2.nii.gz"), "--table", str(d / "out.csv")]
+    elif case == "oblique-ct":  # sheared CT axes
+        c, s = np.cos(0.3), np.sin(0.3)
+        sitk.WriteImage(_image(np.zeros(base.shape, np.float32), (4.42, 4.42, 4.8),
+                               (0.0, 0.0, 0.0), (1, 0, 0, s, c, 0, 0, 0, 1)), str(d / "ct3.mha"))
+        extra = ["--ct", str(d / "ct3.mha")]
     out = d / "out.nii.gz"
     rc = _run(["dose", "--tia", tia, "--nuclide", nuclide, "--out", str(out),
                "--rtdose", str(d / "out.dcm"), *extra])
@@ -158,9 +168,9 @@ def test_cli_bad_input_one_line_nothing_written(study, case, capsys):
     msg = (captured.err + captured.out).strip()
     assert rc == 2
     assert msg.count("\n") == 0 and "error" in msg
-    assert not out.exists() and not (d / "out.dcm").exists()
+    assert not out.exists() and not (d / "out.dcm").exists() and not (d / "out.csv").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".out")]
-    if case == "grid":  # with --resample the same input works
+    if case in ("grid", "masks-grid"):  # with --resample the same input works
         assert _run(["dose", "--tia", tia, "--nuclide", nuclide, "--out", str(out), "--resample",
                      *extra]) == 0
         assert out.exists()

@@ -1,0 +1,250 @@
+"""The MBAM loop: geodesic -> limit -> symbolic reduction -> re-fit, repeated.
+
+Each round (Transtrum & Qiu, PRL 2014;113:098701; steps in shared/data/methods/mbam.md):
+1. r(theta) of the current model at its current parameters, weighted with the *full* model's
+   reference predictions (so every model in the chain is judged against the same target);
+2. geodesic from there along the sloppiest direction to a boundary; the limit read off it;
+3. the limit applied to the ModelSpec (:func:`calibration.mbam.limits.apply_limit`);
+4. the reduced model re-fitted to the full model's predictions by the same least squares as
+   :func:`calibration.fit.fit` (scipy trust-region ``least_squares`` with the exact forward-mode
+   Jacobian), starting from the boundary point;
+5. accepted if its worst relative prediction error (observations and preserved TIA) is within
+   ``tolerance``; otherwise the previous model is final.
+The chain (limits, meanings, parameters left, errors, spectra) is a :class:`Hierarchy`, saved as
+REDUCED.json, which is itself a model (:func:`calibration.mbam.io.load_reduced`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from calibration.mbam.geometry import geodesic, identify_limit
+from calibration.mbam.limits import apply_limit
+from calibration.mbam.predictions import Protocol, prediction_map
+from pbpk_models.errors import InputError, ModelError
+
+
+@dataclass
+class Hierarchy:
+    """Models from full to reduced; ``steps[k]`` the limit that led to model k+1."""
+
+    base_model: str
+    base_variant: str
+    full_names: tuple
+    protocol: Protocol
+    tolerance: float
+    reference: np.ndarray
+    labels: tuple
+    specs: list = field(default_factory=list)
+    names: list = field(default_factory=list)       # MBAM parameter names per model
+    values: list = field(default_factory=list)      # {name: value} per model
+    errors: list = field(default_factory=list)      # worst relative error per model
+    spectra: list = field(default_factory=list)     # eigenvalues of g at each model
+    steps: list = field(default_factory=list)
+    parameter_map: dict = field(default_factory=dict)  # name -> sympy expr of full parameters
+    status: str = "running"
+    time_s: float = 0.0
+
+    @property
+    def spec(self):
+        return self.specs[-1]
+
+    @property
+    def n_parameters(self) -> int:
+        return len(self.names[-1])
+
+
+def _with_values(spec, values: dict, source: str):
+    import dataclasses
+
+    params = tuple(dataclasses.replace(p, value=float(values[p.name]), source=source)
+                   if p.name in values else p for p in spec.parameters)
+    return spec.replace(parameters=params)
+
+
+def _errors(pred, ref):
+    scale = np.maximum(np.abs(ref), 1e-12 + 1e-9 * np.max(np.abs(ref)))
+    return np.abs(np.asarray(pred) - ref) / scale
+
+
+def refit(spec, protocol, names, start: dict, reference, max_nfev: int = 50):
+    """Least squares of the model's predictions to ``reference`` (the full model's), in log
+    space, from ``start``. Returns ({name: value}, raw predictions)."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.optimize import least_squares
+
+    pm = prediction_map(spec, protocol, names, values=start, reference=reference,
+                        allow_empty=True)
+    target = np.asarray(reference) / np.asarray(pm.scale)
+    if not names:
+        pred = np.asarray(jax.jit(pm.predict)(jnp.zeros(0)))
+        return {}, pred
+    fn = jax.jit(lambda th: (pm.r(th), jax.jacfwd(pm.r)(th)))
+    cache = {}
+
+    def ev(th):
+        key = th.tobytes()
+        if key not in cache:
+            r, J = fn(jnp.asarray(th))
+            r, J = np.asarray(r) - target, np.asarray(J)
+            if not np.all(np.isfinite(r)):
+                r = np.full_like(r, 1e6)
+                J = np.where(np.isfinite(J), J, 0.0)
+            cache.clear()
+            cache[key] = (r, J)
+        return cache[key]
+
+    th0 = np.asarray(pm.theta0, float)
+    res = least_squares(lambda t: ev(t)[0], th0, jac=lambda t: ev(t)[1], method="trf",
+                        x_scale="jac", max_nfev=max_nfev, xtol=1e-10, ftol=1e-10, gtol=1e-10)
+    theta = res.x
+    pred = np.asarray(jax.jit(pm.predict)(jnp.asarray(theta)))
+    return dict(zip(names, map(float, np.exp(theta)))), pred
+
+
+def reduce_model(spec, protocol: Protocol, names=None, *, tolerance: float = 0.02,
+                 max_rounds: int | None = None, base_model: str | None = None,
+                 base_variant: str | None = None, geodesic_options=None, callback=None,
+                 values=None) -> Hierarchy:
+    """Reduce ``spec`` for ``protocol`` over the MBAM parameters ``names``.
+
+    ``names``: default the protocol's ``parameters``, else the model's declared personal
+    parameters (:data:`calibration.priors.PERSONAL`). ``callback(hierarchy)`` is called after
+    each accepted step (the CLI writes the partial REDUCED.json there). The hierarchy's
+    ``status`` says why the loop stopped: 'complete' (no parameter left), 'tolerance' (the next
+    reduction would exceed it), 'no limit' (the geodesic found no stable limit), 'failed: ...'
+    (a geodesic or solve failed; the models reached so far are kept).
+    """
+    from calibration.priors import PERSONAL
+
+    t_start = time.perf_counter()
+    if not (tolerance > 0 and math.isfinite(tolerance)):
+        raise InputError(f"tolerance must be a positive number, got {tolerance}")
+    if names is None:
+        names = protocol.parameters or PERSONAL.get(base_model or spec.name, ())
+    names = tuple(dict.fromkeys(names))
+    if not names:
+        raise InputError(f"model {spec.name} has no parameters to reduce: no personal "
+                         f"parameters are declared; name them (--parameters NAME,...)")
+    pm = prediction_map(spec, protocol, names, values=values)
+    ref = pm.__dict__["reference"]
+    start_values = {n: float(v) for n, v in zip(names, np.exp(pm.theta0))}
+    h = Hierarchy(base_model or spec.name, base_variant or spec.variant, names, protocol,
+                  tolerance, ref, pm.labels)
+    h.specs.append(_with_values(spec, start_values, "MBAM start")
+                   if values else spec)
+    h.names.append(names)
+    h.values.append(start_values)
+    h.errors.append(0.0)
+    h.parameter_map = {n: sp.Symbol(n) for n in names}
+    geo_opts = dict(geodesic_options or {})
+    rounds = 0
+    while True:
+        cur_spec, cur_names, cur_vals = h.specs[-1], h.names[-1], h.values[-1]
+        if not cur_names:
+            h.status = "complete"
+            break
+        if max_rounds is not None and rounds >= max_rounds:
+            h.status = "max rounds"
+            break
+        rounds += 1
+        try:
+            pm = prediction_map(cur_spec, protocol, cur_names, values=cur_vals, reference=ref)
+            geo = geodesic(pm.r, pm.theta0, **geo_opts)
+            h.spectra.append(np.sort(geo.eigenvalues0)[::-1].tolist())
+        except (ModelError, FloatingPointError, ValueError) as exc:
+            h.status = f"failed: geodesic at model {len(h.specs) - 1}: {exc}"
+            break
+        if geo.reason == "failed" or geo.n_steps == 0:
+            h.status = (f"failed: the geodesic from model {len(h.specs) - 1} failed "
+                        f"({'; '.join(geo.notes)}); the models reached so far are kept")
+            break
+        limit = identify_limit(geo, cur_names)
+        if limit is None:
+            h.status = (f"no limit: the geodesic ({geo.reason}, {geo.n_steps} steps) found no "
+                        f"stable limit; try more steps")
+            break
+        boundary = dict(zip(cur_names, map(float, np.exp(geo.theta[-1]))))
+        try:
+            red = apply_limit(cur_spec, limit, cur_vals, boundary)
+            new_names = [n for n in cur_names if n not in red.removed]
+            start = {n: boundary[n] for n in new_names}
+            if red.new_parameter:
+                new_names.append(red.new_parameter[0])
+                start[red.new_parameter[0]] = red.new_parameter[1]
+            new_vals, pred = refit(red.spec, protocol, tuple(new_names), start, ref)
+        except (ModelError, InputError) as exc:
+            h.status = f"failed: applying {limit.describe()}: {exc}"
+            break
+        err = _errors(pred, ref)
+        worst = float(np.max(err)) if err.size else 0.0
+        if not np.isfinite(worst) or worst > tolerance:
+            h.status = (f"tolerance: the next limit ({limit.describe()}) would give a worst "
+                        f"prediction error of {worst:.3g} > {tolerance:g}")
+            h.steps.append({**_step_record(limit, red, geo, worst, new_names, err, h.labels),
+                            "rejected": True})
+            break
+        # parameter map
+        pmap = dict(h.parameter_map)
+        if red.new_parameter:
+            expr = sp.sympify(red.new_parameter[2]).xreplace(pmap)
+            pmap[red.new_parameter[0]] = expr
+        for n in red.removed:
+            pmap.pop(n, None)
+        h.parameter_map = pmap
+        h.specs.append(_with_values(red.spec, new_vals, "MBAM re-fit to the full model"))
+        h.names.append(tuple(new_names))
+        h.values.append(new_vals)
+        h.errors.append(worst)
+        h.steps.append(_step_record(limit, red, geo, worst, new_names, err, h.labels))
+        h.time_s = time.perf_counter() - t_start
+        if callback is not None:
+            callback(h)
+    h.time_s = time.perf_counter() - t_start
+    return h
+
+
+def meaning(limit, red, spec=None) -> str:
+    """Physiological meaning of a limit, from the parameters and the structural effects."""
+    text = limit.describe()
+    names = set(limit.names)
+    base = {n.split("[")[0].split("_")[0] for n in names}
+    hint = ""
+    if limit.kind == "ratio" and {"k", "k_on", "k_off"} & base and \
+            any("on" in n for n in names) and any("off" in n for n in names):
+        hint = "equilibrium binding (fast association and dissociation at fixed K_D)"
+    elif base & {"PS"} and limit.kind == "infinity":
+        hint = "flow-limited organ (capillary exchange no longer limits uptake)"
+    elif base & {"lambdaRel"} and limit.kind == "zero":
+        hint = "irreversible trapping (no release of internalised ligand)"
+    elif base & {"Rden"} and limit.kind == "zero":
+        hint = "the organ becomes non-specific (no receptor binding)"
+    elif base & {"Rden"} and limit.kind == "infinity":
+        hint = "receptor excess: binding is linear, saturation is lost"
+    elif limit.kind == "equal":
+        hint = "the two rates cannot be told apart: one rate"
+    parts = [p for p in (hint, "; ".join(red.effects)) if p]
+    return f"{text}: {' | '.join(parts)}" if parts else text
+
+
+def _step_record(limit, red, geo, worst, new_names, err, labels) -> dict:
+    i = int(np.argmax(err)) if len(err) else 0
+    return {
+        "limit": limit.describe(), "kind": limit.kind, "parameters": list(limit.names),
+        "directions": list(limit.directions), "meaning": meaning(limit, red),
+        "method": red.method, "effects": list(red.effects),
+        "new_parameter": (None if red.new_parameter is None else
+                          {"name": red.new_parameter[0], "value": red.new_parameter[1],
+                           "expression": red.new_parameter[2]}),
+        "parameters_left": list(new_names), "n_parameters_left": len(new_names),
+        "worst_error": worst, "worst_prediction": labels[i] if len(err) else "",
+        "geodesic": {"reason": geo.reason, "steps": geo.n_steps,
+                     "sigma_min_end": float(geo.sigma_min[-1]) if len(geo.sigma_min) else None,
+                     "theta_end": geo.theta[-1].tolist()},
+    }

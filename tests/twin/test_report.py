@@ -1,0 +1,135 @@
+"""report.html: self-contained, escaped, no patient identity, sections that say "not run" when
+their stage is absent, and (in headless Chromium) no broken image and no console error."""
+
+import base64
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.twin.demo_fixture import demo_dir  # noqa: F401
+from twin.errors import InputError
+from twin.report import NOT_RUN, ReportData, build_report, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _images(text):
+    return re.findall(r'<img[^>]*src="([^"]*)"', text)
+
+
+def _check_self_contained(text):
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text)
+    for src in _images(text):
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_empty_report_says_not_run_for_every_stage():
+    text = build_report(ReportData())
+    assert text.count(NOT_RUN) >= 7
+    assert "model reduction (MBAM): not run" in text and "planning: not run" in text
+    _check_self_contained(text)
+
+
+def test_text_is_escaped_and_identity_refused(tmp_path):
+    evil = '<script>alert("x")</script>'
+    regions = pd.DataFrame({"region": [evil, "Kidney"], "mean_gy": [1.0, 30.0],
+                            "fraction_of_limit": [np.nan, 1.3]})
+    text = build_report(ReportData(title=evil, summary={"note": evil}, regions=regions,
+                                   assumptions=[evil]))
+    assert evil not in text and "&lt;script&gt;" in text
+    assert 'class="over"' in text  # a region over its limit is marked
+    for key in ("PatientName", "Patient ID", "patient_id"):
+        with pytest.raises(InputError, match="identifies the patient"):
+            build_report(ReportData(summary={key: "Doe^John"}))
+    path = write_report(tmp_path / "r.html", ReportData())
+    assert path.read_text().startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_sections_appear_when_their_results_do():
+    rng = np.random.default_rng(0)
+    ct = rng.normal(0, 50, (12, 10, 8)).astype(np.float32)
+    dose = np.zeros_like(ct)
+    dose[4:8, 3:7, 2:6] = 5.0
+    dvh = pd.DataFrame({"region": "Kidney", "dose_gy": np.linspace(0, 6, 7),
+                        "volume_fraction": np.linspace(1, 0, 7)})
+    plan = pd.DataFrame({"cycle": [1, 2], "time_h": [0.0, 1008.0],
+                         "radiopharmaceutical": "lu177-psma-617", "activity_mbq": [7400.0] * 2,
+                         "ligand_nmol": [57.09] * 2})
+    bed = pd.DataFrame({"region": "Kidney", "cycle": [1, 2], "cumulative_bed_gy": [5.0, 10.0]})
+    steps = pd.DataFrame({"step": [0, 1], "removed": ["", "k_on"], "n_parameters": [7, 6],
+                          "max_rel_error": [0.0, 0.01]})
+    text = build_report(ReportData(ct_hu=ct, dose_gy=dose, spacing_zyx=(3.0, 2.0, 2.0), dvh=dvh,
+                                   plan=plan, bed=bed, limits={"Kidney": 23.0},
+                                   sloppiness=np.array([1e3, 1.0, 1e-3]), mbam_steps=steps))
+    assert "voxel dose: not run" not in text and "planning: not run" not in text
+    assert "MBAM): not run" not in text and "span 6.0 decades" in text
+    assert len(_images(text)) == 5  # MIP, DVH, BED, spectrum, MBAM
+    _check_self_contained(text)
+
+
+@pytest.mark.slow
+def test_demo_report_is_complete_and_private(demo_dir):  # noqa: F811
+    text = (demo_dir / "report.html").read_text()
+    _check_self_contained(text)
+    assert len(_images(text)) >= 5  # two TAC panels, spectrum, MIP, DVH
+    for heading in ("Patient and study", "Time-activity curves", "Sloppiness", "Absorbed dose",
+                    "Organs and lesions", "Plan", "Assumptions", "References"):
+        assert heading in text
+    import pydicom
+
+    ds = pydicom.dcmread(next((demo_dir / "study" / "dicom" / "CT").iterdir()))
+    for tag in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                "StudyInstanceUID"):
+        value = str(ds.get(tag, "") or "")
+        if len(value) >= 3:
+            assert value not in text, f"{tag} appears in the report"
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed here (CI installs "
+                    "Debian's chromium via apt-get in .ci/run)")
+def test_demo_report_renders_in_headless_chromium(demo_dir, tmp_path):  # noqa: F811
+    """Rendered by a real browser: every <img> decodes (naturalWidth > 0), no console message
+    (the report has no scripts, so any console line is a load or decode error)."""
+    browser = _chromium()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--virtual-time-budget=15000",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    report = demo_dir / "report.html"
+    text = report.read_text()
+    n_img = len(_images(text))
+    # 1. the report itself: no console error
+    plain = subprocess.run([browser, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                            report.as_uri()], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert "Organs and lesions" in plain.stdout
+    console = [ln for ln in plain.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert not console, console
+    # 2. a copy with a probe script: count the images the browser could not decode
+    probe = ("<script>window.addEventListener('load',function(){var im=document.images,b=0;"
+             "for(var i=0;i<im.length;i++){if(!(im[i].complete&&im[i].naturalWidth>0))b++;}"
+             "document.body.setAttribute('data-check','images='+im.length+';broken='+b);});"
+             "</script></body>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", probe))
+    res = subprocess.run([browser, *flags, "--dump-dom", probed.as_uri()], capture_output=True,
+                         text=True, timeout=300)
+    m = re.search(r'data-check="images=(\d+);broken=(\d+)"', res.stdout)
+    assert m, res.stdout[-500:] + res.stderr[-2000:]
+    assert int(m.group(1)) == n_img and int(m.group(2)) == 0

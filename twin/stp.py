@@ -1,0 +1,282 @@
+"""Single-time-point (STP) dosimetry: Hanscheid, Madsen, and the twin prior.
+
+A region's time-integrated activity (TIA, MBq h) from one SPECT at time t (h after the
+administration), activity A(t) (MBq):
+
+**Hanscheid** (Hanscheid H, Lapa C, Buck AK, Lassmann M, Werner RA. Dose mapping after
+endoradiotherapy with 177Lu-DOTATATE/DOTATOC by a single measurement after 4 days. J Nucl Med
+2018;59:75-81, doi:10.2967/jnumed.117.193706): TIA = A(t) 2t / ln 2. For a mono-exponential
+curve A0 exp(-l t) the true TIA is A0 / l, so the ratio estimate/true is
+R(x) = 2 x exp(-x) / ln 2 with x = l t = ln 2 t / T_eff. R = 1 exactly at x = ln 2 and
+x = 2 ln 2, i.e. **at t = T_eff and at t = 2 T_eff** (x e^-x = ln2/2 has exactly these two roots);
+between them it overestimates, at most by 2/(e ln 2) - 1 = +6.1% at t = T_eff/ln 2; outside it
+underestimates, by less than 10% for 0.764 <= t/T_eff <= 2.437 (the paper: about 0.75-2.4;
+tests check all of this).
+So the issue's statement is exact.
+
+**Madsen** (Madsen MT, Menda Y, O'Dorisio TM, O'Dorisio MS. Technical note: single time point
+dose estimate for exponential clearance. Med Phys 2018;45:2318-2324, doi:10.1002/mp.12886):
+TIA = A(t) exp(l t) / l with a population effective decay constant l = ln 2 / T_eff of the organ
+and radiopharmaceutical. Exact for a mono-exponential curve with that T_eff at any t; the
+relative error for a wrong T_eff is least sensitive at t = T_eff / ln 2 (d/dl of e^(lt)/l
+vanishes at t = 1/l).
+
+Population effective half-lives (:data:`POPULATION_T_EFF_H`, cited per entry). Where no checked
+value exists (e.g. PSMA lesions) the user must give one (``t_eff_h=`` / ``--half-life-h``).
+
+**Twin prior** (:func:`twin_tia`): the PET-calibrated twin (TWIN.json: a Laplace posterior of the
+patient's PBPK parameters) is the prior (``Posterior.as_prior``) of a MAP fit to the one SPECT
+(``calibration.fit``); the updated twin's TIA and 90% credible interval come from
+``twin.build.simulate_twin``. The PBPK model supplies the shape of the curve (uptake, washout,
+saturation) that the classical methods must assume.
+
+Scan time before the uptake peak: all methods assume that the scan is on the washout part of the
+curve. :func:`check_scan_time` warns when t is before a given peak time (the twin method uses the
+twin's own predicted peak) and, for the classical methods, when t / T_eff is outside
+Hanscheid's 10% range [0.75, 2.4].
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from twin.errors import InputError
+
+LN2 = math.log(2.0)
+
+# Hanscheid's formula is within 10% of the mono-exponential TIA for about 0.75 <= t/T_eff <= 2.4
+# (Hanscheid et al. 2018; the exact bounds are the roots of 2 x e^-x / ln2 = 0.9, x = ln2 t/T_eff,
+# computed in tests/twin/test_stp.py).
+HANSCHEID_RANGE = (0.75, 2.4)
+
+# Population effective half-lives (h) per (radiopharmaceutical, model region).
+# Values are medians or means of published patient series; each with its source and status
+# ("checked": read in the abstract or text).
+POPULATION_T_EFF_H = {
+    # Normal-Organ Effective Half-Lives for 177Lu-PSMA (AAPM 2026 abstract, paper 2620; 20 patients,
+    # SPECT/CT at 4, 24, 48, 72 h, mono-exponential fits): medians kidneys 35.5 h (8.5-152),
+    # liver 22.9 h (12.9-63.4), spleen 16.8 h (9.3-149.7), parotid gland 42.2 h (18.9-160.8).
+    # Checked (abstract; conference abstract, not peer reviewed).
+    ("lu177-psma-617", "Kidney"): (35.5, "median, AAPM 2026 abstract 'Normal-Organ Effective "
+                                         "Half-Lives for 177Lu-PSMA' (n=37 kidneys)"),
+    ("lu177-psma-617", "SG"): (42.2, "parotid median, AAPM 2026 abstract 'Normal-Organ "
+                                     "Effective Half-Lives for 177Lu-PSMA' (n=38 glands)"),
+    ("lu177-psma-617", "Liver"): (22.9, "median, AAPM 2026 abstract 'Normal-Organ Effective "
+                                        "Half-Lives for 177Lu-PSMA' (n=20)"),
+    ("lu177-psma-617", "Spleen"): (16.8, "median, AAPM 2026 abstract 'Normal-Organ Effective "
+                                         "Half-Lives for 177Lu-PSMA' (n=20)"),
+    # Spink S et al., EJNMMI Phys 2024;11:62, doi:10.1186/s40658-024-00665-9: kidney T_eff
+    # 56 +/- 13 h (31 patients, 107 cycles, SPECT/CT day 0, 4, 7). Checked (abstract).
+    ("lu177-dotatate", "Kidney"): (56.0, "mean, Spink et al. EJNMMI Phys 2024 (31 patients)"),
+}
+
+
+def population_t_eff_h(radiopharmaceutical: str, region: str, overrides=None) -> float:
+    """Population T_eff (h) of a region: ``overrides[region]`` if given, else the table."""
+    overrides = overrides or {}
+    if region in overrides:
+        v = float(overrides[region])
+        if not (v > 0 and math.isfinite(v)):
+            raise InputError(f"effective half-life of {region} must be > 0 h, got {v}")
+        return v
+    key = (str(radiopharmaceutical).lower(), region)
+    if key not in POPULATION_T_EFF_H:
+        known = ", ".join(f"{r}/{g}" for r, g in POPULATION_T_EFF_H)
+        raise InputError(f"no population effective half-life of {region} for "
+                         f"{radiopharmaceutical} is known (known: {known}); give one, e.g. "
+                         f"--half-life-h {region}=40")
+    return POPULATION_T_EFF_H[key][0]
+
+
+def _check_scan(t_h, activity_mbq):
+    t = np.asarray(t_h, dtype=float)
+    a = np.asarray(activity_mbq, dtype=float)
+    if np.any(~np.isfinite(t)) or np.any(t <= 0):
+        raise InputError("the scan time must be > 0 h after the administration")
+    if np.any(~np.isfinite(a)) or np.any(a < 0):
+        raise InputError("the activity must be a finite number >= 0 MBq")
+    return t, a
+
+
+def hanscheid_tia(activity_mbq, t_h):
+    """Hanscheid et al. 2018: TIA = A(t) 2 t / ln 2 (MBq h). Vectorised."""
+    t, a = _check_scan(t_h, activity_mbq)
+    return a * 2.0 * t / LN2
+
+
+def madsen_tia(activity_mbq, t_h, t_eff_h):
+    """Madsen et al. 2018: TIA = A(t) exp(l t) / l, l = ln 2 / T_eff (MBq h). Vectorised."""
+    t, a = _check_scan(t_h, activity_mbq)
+    te = np.asarray(t_eff_h, dtype=float)
+    if np.any(~np.isfinite(te)) or np.any(te <= 0):
+        raise InputError("the effective half-life must be > 0 h")
+    lam = LN2 / te
+    return a * np.exp(lam * t) / lam
+
+
+def check_scan_time(region: str, t_h: float, *, t_eff_h: float | None = None,
+                    peak_h: float | None = None) -> list[str]:
+    """Warnings (also issued as UserWarning) for a scan time unsuited to STP dosimetry."""
+    msgs = []
+    if peak_h is not None and t_h < peak_h:
+        msgs.append(f"{region}: the scan at {t_h:g} h is before the uptake peak (~{peak_h:.3g} h); "
+                    f"single-time-point methods assume washout and are unreliable here; scan "
+                    f"later (e.g. 48-96 h)")
+    if t_eff_h is not None:
+        r = t_h / t_eff_h
+        if not HANSCHEID_RANGE[0] <= r <= HANSCHEID_RANGE[1]:
+            msgs.append(f"{region}: scan time {t_h:g} h is {r:.2g} x the effective half-life "
+                        f"{t_eff_h:g} h, outside [{HANSCHEID_RANGE[0]}, {HANSCHEID_RANGE[1]}] "
+                        f"where Hanscheid's formula is within 10% for a mono-exponential curve")
+    for m in msgs:
+        warnings.warn(m, UserWarning, stacklevel=2)
+    return msgs
+
+
+def _one_scan_per_region(observations, method):
+    out = {}
+    for region in observations.regions:
+        o = observations.select(region=region)
+        if len(o) != 1:
+            raise InputError(f"{method} uses one scan per region, but {region} has {len(o)} rows; "
+                             f"keep one time point per region, or use --method multi / twin")
+        out[region] = (float(o.time_h[0]), float(o.activity_mbq[0]))
+    return out
+
+
+def _single_rp(observations, radiopharmaceutical=None) -> str:
+    rps = sorted(set(observations.radiopharmaceutical))
+    if radiopharmaceutical is not None:
+        rp = str(radiopharmaceutical).lower()
+        if rp not in rps:
+            raise InputError(f"no observations of {rp} (present: {', '.join(rps)})")
+        return rp
+    if len(rps) != 1:
+        raise InputError(f"the observations hold several radiopharmaceuticals "
+                         f"({', '.join(rps)}); choose one (--radiopharmaceutical)")
+    return rps[0]
+
+
+def classical_stp(observations, method: str, *, radiopharmaceutical=None, t_eff_h=None,
+                  time_offset_h: float = 0.0):
+    """Hanscheid or Madsen TIA per region of an Observations table (one scan per region).
+
+    Args:
+        observations: calibration.Observations (one row per region for the radiopharmaceutical).
+        method: ``hanscheid`` or ``madsen``.
+        t_eff_h: {region: T_eff h} overriding :data:`POPULATION_T_EFF_H` (Madsen; also used by
+            both methods for the scan-time warning).
+        time_offset_h: subtracted from the observation times (h) to get the time after the
+            administration (observations are timed from the regimen's first administration).
+    Returns:
+        DataFrame ``region, tia_mbq_h, time_h, t_eff_h`` (t_eff_h empty where unknown).
+    """
+    import pandas as pd
+
+    if method not in ("hanscheid", "madsen"):
+        raise InputError(f"method must be hanscheid or madsen, not {method!r}")
+    rp = _single_rp(observations, radiopharmaceutical)
+    obs = observations.select(radiopharmaceutical=rp)
+    rows = []
+    for region, (t, a) in _one_scan_per_region(obs, method).items():
+        t = t - time_offset_h
+        if t <= 0:
+            raise InputError(f"{region}: the scan is at {t:g} h, not after the administration; "
+                             f"times are hours after the administration")
+        try:
+            te = population_t_eff_h(rp, region, t_eff_h)
+        except InputError:
+            if method == "madsen":
+                raise
+            te = None
+        check_scan_time(region, t, t_eff_h=te)
+        tia = hanscheid_tia(a, t) if method == "hanscheid" else madsen_tia(a, t, te)
+        rows.append({"region": region, "tia_mbq_h": float(tia), "time_h": t,
+                     "t_eff_h": te if te is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+def twin_peak_times_h(posterior, regimen, radiopharmaceutical: str, regions,
+                      horizon_h: float = 168.0) -> dict:
+    """Time of the maximum of each region's activity in the twin's MAP prediction (h after the
+    first administration of ``radiopharmaceutical``), on a 0.25 h grid to 12 h then hourly."""
+    from calibration import model_spec
+    from pbpk_models.regimen import Regimen
+    from pbpk_models.simulate import simulate_batch
+
+    sub = Regimen(tuple(a for a in regimen.administrations
+                        if a.radiopharmaceutical.lower() == radiopharmaceutical))
+    t0 = min(a.time_h for a in sub.administrations)
+    grid = np.unique(np.concatenate([np.arange(0.25, 12.0, 0.25), np.arange(12.0, horizon_h, 1.0)]))
+    spec = model_spec(posterior.model_name, posterior.variant)
+    from pbpk_models.simulate import prepare
+
+    model = prepare(spec, sub, t0 + grid, days=horizon_h / 24.0 + 1)[0]
+    p = model.params_from(posterior.fixed)
+    idx = [model.parameter_names.index(n) for n in posterior.names]
+    p[idx] = np.exp(posterior.theta_map)
+    out = simulate_batch(model, sub, p[None, :], t0 + grid, days=horizon_h / 24.0 + 1)
+    act = np.asarray(out["activity_mbq"])[0]
+    rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(radiopharmaceutical)
+    names = list(out["model"].regions)
+    return {r: float(grid[int(np.argmax(act[rp_i, names.index(r)]))]) for r in regions
+            if r in names}
+
+
+def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples: int = 200,
+             seed: int = 0, n_starts: int = 1, days: float = 120.0, check_peak: bool = True,
+             settings=None):
+    """The twin prior: update a (PET-calibrated) twin with the SPECT, predict TIA and interval.
+
+    Args:
+        observations: the SPECT region activities (calibration.Observations, times from the
+            regimen's first administration).
+        twin: a calibration.Posterior or the path of a TWIN.json; its posterior is the prior.
+        regimen: the administrations the observations follow (default: the twin's regimen;
+            it must contain the observed radiopharmaceutical).
+        level: credible level of the interval; n_samples: posterior draws.
+        days: TIA integration span after the last administration (d).
+        check_peak: warn if a scan is before the twin's predicted uptake peak.
+    Returns:
+        (DataFrame ``region, tia_mbq_h, tia_low, tia_high``, updated Posterior).
+    """
+    import pandas as pd
+
+    from calibration import Posterior, fit, read_twin
+    from pbpk_models.simulate import POPULATION_SETTINGS
+    from twin.build import simulate_twin
+
+    fitted_regimen = None
+    if not isinstance(twin, Posterior):
+        twin, fitted_regimen = read_twin(twin)
+    regimen = regimen or fitted_regimen
+    if regimen is None:
+        raise InputError("the twin file has no regimen; give the therapy regimen (--regimen)")
+    rp = _single_rp(observations)
+    if rp not in regimen.radiopharmaceuticals:
+        raise InputError(f"the regimen has no administration of {rp} (it has "
+                         f"{', '.join(regimen.radiopharmaceuticals)}); give the therapy regimen "
+                         f"(--regimen REGIMEN.csv)")
+    regions = list(observations.regions)
+    if check_peak:
+        t_rp0 = min(a.time_h for a in regimen.administrations
+                    if a.radiopharmaceutical.lower() == rp) - float(regimen.times_h.min())
+        peaks = twin_peak_times_h(twin, regimen, rp, regions)
+        for region in regions:
+            o = observations.select(region=region)
+            check_scan_time(region, float(o.time_h.min()) - t_rp0, peak_h=peaks.get(region))
+    with warnings.catch_warnings():
+        # one scan and seven parameters: calibration warns that the prior dominates; that is the
+        # point of the twin prior
+        warnings.filterwarnings("ignore", message=".*data point\\(s\\) for .* personal")
+        post = fit(observations, regimen, twin.model_name, variant=twin.variant,
+                   prior=twin.as_prior(), fixed=dict(twin.fixed), n_starts=n_starts, seed=seed)
+    pred = simulate_twin(post, regimen, days=days, n_samples=n_samples, level=level, seed=seed,
+                         radiopharmaceutical=rp, settings=settings or POPULATION_SETTINGS)
+    idx = [pred.regions.index(r) for r in regions]
+    df = pd.DataFrame({"region": regions, "tia_mbq_h": pred.tia_mbq_h[idx],
+                       "tia_low": pred.tia_low[idx], "tia_high": pred.tia_high[idx]})
+    return df, post
