@@ -96,6 +96,8 @@ class PipelineConfig:
         samples, sample_seed, level, days: posterior prediction.
         limits: {region: absorbed dose limit (Gy)}.
         tac_regions: regions drawn in the report's curves.
+        plan, plan_limits: run the planning stage (activity and cycles optimised on the twin
+            under these limits, ``twin plan`` syntax) and write plan.csv, plan_summary.csv.
     """
 
     model: str = "psma-pbrpk"
@@ -121,6 +123,9 @@ class PipelineConfig:
     days: float = 60.0
     limits: dict = field(default_factory=lambda: dict(DEFAULT_LIMITS_GY))
     tac_regions: tuple = ("Kidney", "SG", "Liver", "Tumor1", "Tumor2", "TumorRest")
+    # planning stage (twin.planning): off unless asked ([plan] in the config; the full demo)
+    plan: bool = False
+    plan_limits: tuple = ("Kidney:bed_gy<=40", "RedMarrow:dose_gy<=2")
 
     def __post_init__(self):
         if self.fit_scans not in FIT_SCANS:
@@ -421,6 +426,23 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     dose, ct_hu, labels, names, dose_stats = voxel_dose(study, region_tia, nuclide, out)
     dvh = cumulative_dvh(dose, labels.array, names, n_bins=100)
 
+    # -- 3b. plan (optional)
+    plan_table = bed_table = None
+    if config.plan:
+        from twin.planning import parse_limit, plan_twin
+        from twin.planning.report import cumulative_table
+
+        progress.stage("plan", "planning activity and cycles under the organ limits")
+        limits = [parse_limit(str(t)) for t in config.plan_limits]
+        plan = plan_twin(post, limits)
+        plan_table = plan.to_frame()
+        write_csv_atomic(plan_table, out / "plan.csv")
+        write_csv_atomic(plan.summary(config.level), out / "plan_summary.csv")
+        plan_table = plan_table.assign(cycle=np.arange(1, len(plan_table) + 1))
+        cum = cumulative_table(plan, config.level)
+        bed_table = cum[cum["quantity"] == "bed_gy"].rename(
+            columns={"map_gy": "cumulative_bed_gy"})[["region", "cycle", "cumulative_bed_gy"]]
+
     # -- 4. tables, report, provenance
     progress.stage("report", "tables, report and provenance")
     energy = rn.energy_per_decay_mev(nuclide)
@@ -508,7 +530,7 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         dvh=dvh, dvh_regions=[r for r in table.dropna(subset=["mean_gy"])
                               .sort_values("mean_gy", ascending=False)["region"]][:10]
         if "mean_gy" in table else None,
-        regions=table, limits=dict(config.limits),
+        regions=table, limits=dict(config.limits), plan=plan_table, bed=bed_table,
         limit_sources={k: LIMIT_SOURCES.get(k, "config") for k in config.limits},
         assumptions=assumptions, references=REFERENCES + list(spec.references or []))
     provisional = {**provenance, "timings_s": {**progress.timings}}

@@ -53,6 +53,48 @@ def test_run_on_the_demo_dicom_gives_the_demo_results(demo_dir, tmp_path):  # no
     assert_complete_outputs(out)
 
 
+@pytest.mark.slow
+def test_plan_stage_writes_a_plan_that_meets_its_limits(demo_dir, tmp_path):  # noqa: F811
+    """With [plan] enabled the pipeline writes plan.csv (a regimen file) and plan_summary.csv;
+    the plan holds its limits at the 95th percentile, and replaying plan.csv through the
+    independent Kvaerno5 solve at the twin's MAP keeps the kidney BED under 40 Gy."""
+    from calibration import read_twin
+    from pbpk_models.regimen import Regimen
+    from pbpk_models.simulate import simulate
+    from twin.dosimetry.radiobiology import bed, tissue
+
+    cfg = tmp_path / "plan.toml"
+    cfg.write_text(USER_CONFIG + '\n[plan]\nenabled = true\nlimits = ["Kidney:bed_gy<=40"]\n')
+    out = tmp_path / "planned"
+    assert main(["run", str(demo_dir / "study" / "dicom"), "--config", str(cfg),
+                 "--out", str(out)]) == 0
+    plan = Regimen.from_csv(out / "plan.csv")
+    assert 1 <= len(plan.administrations) <= 6
+    assert all(3700 - 1e-6 <= a.activity_mbq <= 11100 + 1e-6 for a in plan.administrations)
+    summary = pd.read_csv(out / "plan_summary.csv").set_index("region")
+    assert summary.loc["Kidney", "margin_gy"] >= 0
+    assert "cumulative BED per cycle" in (out / "report.html").read_text()
+    post, _ = read_twin(out / "twin.json")
+    from calibration import model_spec
+
+    spec = model_spec(post.model_name, post.variant).with_values({**post.fixed,
+                                                                  **post.map_values})
+    t = np.concatenate([a.time_h + np.geomspace(1e-3, 1000.0, 400)
+                        for a in plan.administrations])
+    res = simulate(spec, plan, times_h=np.unique(t))
+    from pbpk_models import radionuclides as rn
+    from pbpk_models import units as u
+
+    from pbpk_models.model import compile_model
+
+    model_mass = compile_model(spec, ("lu177-psma-617",)).region_masses_g()["Kidney"]
+    rate = res.activity("Kidney") * u.gy_per_mbq_h(rn.energy_per_decay_mev("Lu-177"),
+                                                    model_mass)
+    k = tissue("kidney")
+    kidney_bed = bed(res.times_h, rate, k.alpha_beta_gy, k.repair_half_time_h)
+    assert kidney_bed <= 40.0 * 1.01
+
+
 def test_the_example_config_parses_and_matches_the_demo():
     from twin.cli.demo import demo_config
     from twin.cli.run import load_config

@@ -10,8 +10,9 @@ Stages:
    SPECT (DIR/twin.json); voxel TIA and dose (DIR/dose.nii.gz, DIR/dose_rtdose.dcm); tables
    (DIR/regions.csv, DIR/observations.csv), DIR/report.html and DIR/provenance.json.
 
-The model, MBAM and planning stages arrive with their issues. ``--quick``: 6.6 mm voxels and
-fewer posterior samples.
+The full demo also plans activity and cycles (twin.planning: DIR/plan.csv, DIR/plan_summary.csv);
+the MBAM stage arrives with its issue. ``--quick``: 6.6 mm voxels, fewer posterior samples and no
+planning stage.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def register(sub) -> None:
                     "dose_rtdose.dcm, provenance.json and the DICOM study (study/dicom).")
     p.add_argument("--out", type=Path, default=Path("twin-demo"), help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help="coarser synthetic patient (6.6 mm voxels) and fewer posterior samples "
-                        "for a faster run")
+                   help="coarser synthetic patient (6.6 mm voxels), fewer posterior samples and no "
+                        "planning stage, for a run under a minute")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the synthetic patient, the fit's starts and the "
                         "posterior samples")
@@ -56,7 +57,7 @@ def demo_config(quick: bool, seed: int, spect_calibration_cps_per_mbq: float):
         ligand_nmol={"ga68-psma-11": PET_NMOL, "lu177-psma-617": THERAPY_NMOL},
         spect_calibration_cps_per_mbq=spect_calibration_cps_per_mbq,
         fit_seed=seed, sample_seed=seed,
-        samples=QUICK_SAMPLES if quick else FULL_SAMPLES)
+        samples=QUICK_SAMPLES if quick else FULL_SAMPLES, plan=not quick)
 
 
 def run(args) -> int:
@@ -76,7 +77,7 @@ def run(args) -> int:
     if study_dir.exists() and any(study_dir.iterdir()):
         raise InputError(f"{study_dir} exists and is not empty; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(6)
+    progress = Progress(6 if args.quick else 7)
 
     progress.stage("truth_twin", "the population-typical twin: 68Ga-PSMA-11 PET, then 7.4 GBq "
                                  "177Lu-PSMA-617")
@@ -121,8 +122,9 @@ def run(args) -> int:
                                      "TumorRest", "RedMarrow"])]
     print(show.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     total = res["provenance"]["timings_s"]["total_s"]
+    planned = "plan.csv, plan_summary.csv, " if (out / "plan.csv").is_file() else ""
     print(f"wrote {out}/report.html, regions.csv, observations.csv, twin.json, dose.nii.gz, "
-          f"dose_rtdose.dcm, provenance.json, study/ ({total:.0f} s)")
+          f"dose_rtdose.dcm, {planned}provenance.json, study/ ({total:.0f} s)")
     return 0
 
 

@@ -28,6 +28,7 @@ _SCHEMA = {
     "prediction": {"samples": ("samples", int), "seed": ("sample_seed", int),
                    "level": ("level", float), "days": ("days", float)},
     "report": {"title": (None, str), "tac_regions": ("tac_regions", list)},
+    "plan": {"enabled": ("plan", bool), "limits": ("plan_limits", list)},
 }
 _TABLES = ("regions", "limits")  # free-form {name: value} tables
 _ARRAYS = ("regimen",)
@@ -57,7 +58,7 @@ def _typed(value, typ, where: str):
         return float(value)
     if typ is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if typ in (str, list, dict) and isinstance(value, typ):
+    if typ in (str, list, dict, bool) and isinstance(value, typ):
         return value
     raise InputError(f"{where}: expected a {typ.__name__}, got {value!r}")
 
@@ -140,7 +141,7 @@ def run(args) -> int:
         raise InputError("--out must not be inside the study folder (the outputs would be read "
                          "as inputs next time)")
     out.mkdir(parents=True, exist_ok=True)
-    res = run_pipeline(args.study, config, out, progress=Progress(4), title=title,
+    res = run_pipeline(args.study, config, out, progress=Progress(5 if config.plan else 4), title=title,
                        extra_provenance={"config_file": str(args.config)})
     table = res["regions"]
     cols = [c for c in ("region", "tia_mbq_h", "tia_low", "tia_high", "dose_gy_per_gbq",
