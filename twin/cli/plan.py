@@ -71,16 +71,9 @@ def parse_bounds(text: str) -> tuple[float, float]:
 
 
 def parse_repair(items) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--repair-half-time takes REGION=HOURS, got {item!r}")
-        r, v = item.split("=", 1)
-        try:
-            out[r.strip()] = float(v)
-        except ValueError:
-            raise InputError(f"--repair-half-time {item!r}: HOURS must be a number") from None
-    return out
+    from twin.cli.options import region_hours
+
+    return region_hours(items, "--repair-half-time")
 
 
 def settings_from(args, **extra):

@@ -54,23 +54,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_half_lives(items) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--half-life-h takes REGION=HOURS, got {item!r}")
-        region, value = item.split("=", 1)
-        try:
-            v = float(value)
-        except ValueError:
-            raise InputError(f"--half-life-h {item}: the half-life must be a number of "
-                             f"hours") from None
-        if not v > 0:
-            raise InputError(f"--half-life-h {item}: the half-life must be > 0 h")
-        out[region.strip()] = v
-    return out
-
-
 def run(args) -> int:
     import numpy as np
 
@@ -84,7 +67,9 @@ def run(args) -> int:
         raise InputError(f"--level must be between 0 and 1, got {args.level}")
     obs = Observations.from_csv(args.observations)
     regimen = Regimen.from_csv(args.regimen) if args.regimen is not None else None
-    half_lives = _parse_half_lives(args.half_life_h)
+    from twin.cli.options import region_hours
+
+    half_lives = region_hours(args.half_life_h, "--half-life-h")
     inputs = [args.observations, args.regimen, args.twin]
     caught = []
     with warnings.catch_warnings(record=True) as caught:
