@@ -87,6 +87,20 @@ class TwinPrediction:
         return pd.DataFrame(cols)
 
 
+def resolve_twin(twin, regimen=None):
+    """(Posterior, Regimen) from a Posterior or a TWIN.json path; ``regimen`` (if given)
+    replaces the twin's own. InputError when neither has a regimen."""
+    from calibration import Posterior, read_twin
+
+    fitted_regimen = None
+    if not isinstance(twin, Posterior):
+        twin, fitted_regimen = read_twin(twin)
+    regimen = regimen or fitted_regimen
+    if regimen is None:
+        raise InputError("the twin file has no regimen; give one (--regimen REGIMEN.csv)")
+    return twin, regimen
+
+
 def _therapy_rp(spec, regimen, radiopharmaceutical):
     from twin.dosimetry.organ import _therapy_rp as therapy_rp
 
@@ -128,18 +142,13 @@ def simulate_twin(twin, regimen=None, *, days: float = 60.0, n_samples: int = 20
     """
     import jax.numpy as jnp
 
-    from calibration import Posterior, model_spec, read_twin
+    from calibration import model_spec
     from pbpk_models.model import require_x64
     from pbpk_models.regimen import Regimen
     from pbpk_models.simulate import POPULATION_SETTINGS, jitted_core, prepare
 
     require_x64("simulate_twin")
-    fitted_regimen = None
-    if not isinstance(twin, Posterior):
-        twin, fitted_regimen = read_twin(twin)
-    regimen = regimen or fitted_regimen
-    if regimen is None:
-        raise InputError("the twin file has no regimen; give one (--regimen REGIMEN.csv)")
+    twin, regimen = resolve_twin(twin, regimen)
     if not 0 < level < 1:
         raise InputError(f"level must be between 0 and 1, got {level}")
     if n_samples < 2:

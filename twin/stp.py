@@ -245,16 +245,11 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
     """
     import pandas as pd
 
-    from calibration import Posterior, fit, read_twin
+    from calibration import fit
     from pbpk_models.simulate import POPULATION_SETTINGS
-    from twin.build import simulate_twin
+    from twin.build import resolve_twin, simulate_twin
 
-    fitted_regimen = None
-    if not isinstance(twin, Posterior):
-        twin, fitted_regimen = read_twin(twin)
-    regimen = regimen or fitted_regimen
-    if regimen is None:
-        raise InputError("the twin file has no regimen; give the therapy regimen (--regimen)")
+    twin, regimen = resolve_twin(twin, regimen)
     rp = _single_rp(observations)
     if rp not in regimen.radiopharmaceuticals:
         raise InputError(f"the regimen has no administration of {rp} (it has "
