@@ -117,6 +117,14 @@ class Model:
     def acc_index(self, rp: int, region: str) -> int:
         return self.acc_offset + rp * len(self.regions) + self.regions.index(region)
 
+    def binding_state_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """State indices of the free and bound partners of each binding, shape (bindings, species).
+
+        Row ``b`` holds, for every species (hot and cold ligand), the index of the free ligand
+        state and of the receptor-bound state of ``spec.bindings[b]``.
+        """
+        return self._free_idx.copy(), self._bound_idx.copy()
+
     def state_names(self) -> tuple[str, ...]:
         names = [f"{c}.{s.name}" for s in self.species for c in self.compartments]
         names += [f"{k}.{s.name}" for s in self.species for k in self.sinks]

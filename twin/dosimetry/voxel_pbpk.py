@@ -169,8 +169,9 @@ def region_subsystem(model, regimen, region: str, params=None, *, days: float = 
     kon_v_all = np.asarray(kon_v_all)
     Kb = np.zeros_like(K)
     fl, bl, kv = [], [], []
+    free_idx, bound_idx = model.binding_state_indices()
     for b_i, b in enumerate(spec.bindings):
-        fi, bi = model._free_idx[b_i], model._bound_idx[b_i]
+        fi, bi = free_idx[b_i], bound_idx[b_i]
         if int(fi[0]) not in local:
             continue
         r0 = spec.evaluate(b.receptor, values)
