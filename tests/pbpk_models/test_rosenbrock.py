@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
 
 from pbpk_models.model import compile_model
 from pbpk_models.regimen import Regimen
 from pbpk_models.rosenbrock import PBPKRosenbrock, block_structure
 from pbpk_models.simulate import SolverSettings, jitted_core, simulate, simulate_batch
+
+from .conftest import scipy_radau_reference
 
 RTOL = 1e-8
 ROS = SolverSettings(rtol=RTOL, atol=1e-12, method="rosenbrock")
@@ -92,32 +93,12 @@ def test_block_structure_toy():
         assert pa >= nbb or pb >= nbb or pa // st.block_size == pb // st.block_size
 
 
-def _radau(model, p, regimen, times, t_end):
-    """scipy Radau (rtol 1e-10) on the full equations, segment by segment; states at times and
-    at the end (the time-integral states give the exact TIA)."""
-    f, jac = model.vector_field_numpy(p)
-    t_adm, hot, cold = regimen.dose_arrays(model)
-    y = np.zeros(model.n_states)
-    out = []
-    bounds = list(t_adm) + [t_end]
-    for k in range(len(t_adm)):
-        y = y.copy()
-        y[model.dosing_index] += np.concatenate([hot[k], cold[k]])
-        seg = [t for t in times if bounds[k] <= t < bounds[k + 1]]
-        sol = solve_ivp(f, (bounds[k], bounds[k + 1]), y, method="Radau", jac=jac,
-                        t_eval=seg + [bounds[k + 1]], rtol=1e-10, atol=1e-14)
-        assert sol.success
-        out += list(sol.y.T[:-1])
-        y = sol.y.T[-1]
-    return np.array(out), y
-
-
-def test_total_form_matches_scipy_radau(models):
+def test_total_form_matches_scipyscipy_radau_reference(models):
     regimen = Regimen.single(RP, 7400.0)
     res = simulate(models["total"], regimen, times_h=TIMES, days=30, settings=ROS)
     assert res.model.mode == "total"
     full = models["full"]
-    states, y_end = _radau(full, res.params, regimen, TIMES, res.t_end_h)
+    states, y_end = scipy_radau_reference(full, res.params, regimen, TIMES, res.t_end_h)
     ref = full.region_amounts(states)[:, 0, :].T * full.mbq_per_nmol[0]
     mask = ref > 1e-9 * 7400.0
     rel = np.abs(res.activity_mbq[0][mask] - ref[mask]) / ref[mask]
@@ -137,7 +118,7 @@ def test_two_cycles_match_scipy(psma_corrected):
     res = simulate(psma_corrected, regimen, times_h=times, days=12, settings=ROS)
     model = res.model
     assert model.mode == "full"  # the full hot/cold equations, two segments
-    states, y_end = _radau(model, res.params, regimen, times, res.t_end_h)
+    states, y_end = scipy_radau_reference(model, res.params, regimen, times, res.t_end_h)
     ref = model.region_amounts(states)[:, 0, :].T * model.mbq_per_nmol[0]
     mask = ref > 1e-9 * 7400
     rel = np.abs(res.activity_mbq[0][mask] - ref[mask]) / ref[mask]

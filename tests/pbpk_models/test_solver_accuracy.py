@@ -13,6 +13,8 @@ from pbpk_models.model import compile_model
 from pbpk_models.regimen import Regimen
 from pbpk_models.simulate import SolverSettings, simulate
 
+from .conftest import scipy_radau_reference
+
 TIGHT = SolverSettings(rtol=1e-11, atol=1e-14, max_steps=100000)
 TIMES = np.array([0.05, 0.5, 1.0, 4.0, 24.0, 96.0, 168.0, 500.0])
 
@@ -59,20 +61,8 @@ def test_multi_administration_matches_scipy(psma_corrected):
     res = simulate(psma_corrected, regimen, times_h=times, days=12, settings=TIGHT)
     model = res.model
     assert model.mode == "full"
-    t_adm, hot, cold = regimen.dose_arrays(model)
-    f, jac = model.vector_field_numpy(res.params)
-    y = np.zeros(model.n_states)
-    out = []
-    bounds = list(t_adm) + [res.t_end_h]
-    for k in range(len(t_adm)):
-        y = y.copy()
-        y[model.dosing_index] += np.concatenate([hot[k], cold[k]])
-        seg_t = [t for t in times if bounds[k] <= t < bounds[k + 1]]
-        sol = solve_ivp(f, (bounds[k], bounds[k + 1]), y, method="Radau", jac=jac,
-                        t_eval=seg_t + [bounds[k + 1]], rtol=1e-10, atol=1e-14)
-        out += list(sol.y.T[:-1])
-        y = sol.y.T[-1]
-    ref = model.region_amounts(np.array(out))[:, 0, :].T * model.mbq_per_nmol[0]
+    states, y = scipy_radau_reference(model, res.params, regimen, list(times), res.t_end_h)
+    ref = model.region_amounts(states)[:, 0, :].T * model.mbq_per_nmol[0]
     mask = ref > 1e-9 * 7400
     rel = np.abs(res.activity_mbq[0][mask] - ref[mask]) / ref[mask]
     assert rel.max() < 1e-6, rel.max()
