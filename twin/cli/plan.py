@@ -5,7 +5,8 @@ Fixed interface (shared/CLI.md):
             [--max-cycles N] [--interval-weeks W] [--quantile Q] --out PLAN.csv
             [--summary SUMMARY.csv]
 PLAN.csv is a regimen file (time_h, radiopharmaceutical, activity_mbq, ligand_nmol), one row per
-cycle; SUMMARY.csv has per region the planned cumulative dose and BED with their 90% credible
+cycle, on the twin's clock (see --start-h: by default the plan starts at the twin's therapy
+time; cycles the twin was fitted with are kept as delivered rows); SUMMARY.csv has per region the planned cumulative dose and BED with their 90% credible
 interval, the limit, its value at the quantile and the margin.
 """
 
@@ -50,8 +51,16 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--twin", type=Path, required=True, help="TWIN.json (from `twin fit`)")
     add_common(p)
-    p.add_argument("--max-cycles", type=int, default=6, help="at most this many cycles")
-    p.add_argument("--start-h", type=float, default=0.0, help="time of the first cycle (h)")
+    p.add_argument("--max-cycles", type=int, default=6,
+                   help="at most this many therapy cycles in total (including cycles the twin "
+                        "already has in its regimen)")
+    p.add_argument("--start-h", type=float, default=None,
+                   help="time of the first new cycle, hours on the twin's clock (from the first "
+                        "administration in TWIN.json). Default: the twin's therapy time - one "
+                        "interval after the last therapy cycle in the twin's regimen (those "
+                        "cycles are kept as delivered rows of PLAN.csv); for a pre-therapy (PET) "
+                        "twin, its last administration (0 h for one PET at 0 h), so PLAN.csv "
+                        "starts with cycle 1. Earlier times are in the past: an error")
     p.add_argument("--risk-factors", action="store_true",
                    help="with no --limit: use the kidney BED limit 28 Gy instead of 40 Gy")
     p.add_argument("--out", type=Path, required=True, help="PLAN.csv")
@@ -116,18 +125,21 @@ def write_outputs(plan, args, inputs):
 
 def run(args) -> int:
     from calibration import read_twin
-    from twin.planning import Planner
+    from twin.planning import plan_twin
 
     if args.max_cycles < 1:
         raise InputError("--max-cycles must be at least 1")
     if not args.twin.is_file():
         raise InputError(f"twin file {args.twin} does not exist")
-    if args.start_h < 0:
+    if args.start_h is not None and args.start_h < 0:
         raise InputError(f"--start-h {args.start_h:g} h is in the past (before time 0)")
     limits = limits_from(args, args.risk_factors)
-    settings = settings_from(args, max_cycles=args.max_cycles, start_h=args.start_h)
-    posterior, _ = read_twin(args.twin)
-    planner = Planner(posterior, settings, repair_half_time_h=parse_repair(args.repair) or None)
-    plan = planner.optimise(limits)
+    settings = settings_from(args, max_cycles=args.max_cycles)
+    posterior, twin_regimen = read_twin(args.twin)
+    plan = plan_twin(posterior, limits, settings, twin_regimen=twin_regimen,
+                     start_h=args.start_h, max_cycles=args.max_cycles,
+                     repair_half_time_h=parse_repair(args.repair) or None)
     write_outputs(plan, args, [args.twin])
+    if plan.n_fixed:
+        print(f"kept the twin's {plan.n_fixed} delivered cycle(s) as the first rows")
     return 0

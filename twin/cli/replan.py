@@ -40,6 +40,9 @@ def register(sub) -> None:
                         "before the last observation)")
     p.add_argument("--next-h", type=float, default=None,
                    help="time of the next cycle (h); default: the next planned row")
+    p.add_argument("--starts", type=int, default=2, help="optimiser starts of the update fit")
+    p.add_argument("--max-nfev", type=int, default=40,
+                   help="residual evaluations per start of the update fit")
     p.add_argument("--twin-out", type=Path, default=None, help="write the updated TWIN.json")
     p.add_argument("--out", type=Path, required=True, help="PLAN2.csv")
     p.add_argument("--summary", type=Path, default=None, help="SUMMARY.csv")
@@ -53,6 +56,8 @@ def run(args) -> int:
     from twin.cli.plan import limits_from, parse_repair, settings_from, write_outputs
     from twin.planning import replan
 
+    if args.starts < 1 or args.max_nfev < 1:
+        raise InputError("--starts and --max-nfev must be at least 1")
     for f in (args.twin, args.observations, args.delivered):
         if not f.is_file():
             raise InputError(f"{f} does not exist")
@@ -64,6 +69,7 @@ def run(args) -> int:
     plan, new_post = replan(posterior, obs, delivered, limits, settings,
                             n_delivered=args.delivered_cycles, max_cycles=args.max_cycles,
                             next_h=args.next_h,
+                            fit_kw={"n_starts": args.starts, "max_nfev": args.max_nfev},
                             repair_half_time_h=parse_repair(args.repair) or None)
     inputs = [args.twin, args.observations, args.delivered]
     if args.twin_out is not None:

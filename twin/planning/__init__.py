@@ -24,5 +24,6 @@ from .optimise import PlanSettings as PlanSettings
 from .replan import plan_twin as plan_twin
 from .replan import posterior_from_prior as posterior_from_prior
 from .replan import replan as replan
+from .replan import therapy_schedule as therapy_schedule
 from .report import interval_table as interval_table
 from .report import plot_cumulative as plot_cumulative

@@ -99,6 +99,9 @@ class PlanSettings:
             raise InputError("levels must be at least 2")
         if not math.isfinite(self.start_h):
             raise InputError("start_h must be a finite time (h)")
+        if self.start_h < 0:
+            raise InputError(f"start_h {self.start_h:g} h is in the past (before time 0); give "
+                             f"a time >= 0 h")
 
 
 @dataclass
@@ -211,12 +214,16 @@ class Planner:
         self._surrogate = None
 
     # -- dosimetry -----------------------------------------------------------------------
-    def regimen(self, activities_mbq, times_h):
+    def regimen(self, activities_mbq, times_h, ligands_nmol=None):
+        """Regimen of the therapy radiopharmaceutical; ligand amounts from ``ligands_nmol``
+        where given (finite: delivered cycles keep theirs), else ``typical_ligand_nmol``."""
         from pbpk_models.regimen import Administration, Regimen, typical_ligand_nmol
 
         admins = []
-        for t, a in zip(times_h, activities_mbq):
-            lig = typical_ligand_nmol(self.rp, float(a))
+        given = [] if ligands_nmol is None else list(ligands_nmol)
+        for k, (t, a) in enumerate(zip(times_h, activities_mbq)):
+            lig = given[k] if k < len(given) and np.isfinite(given[k]) else \
+                typical_ligand_nmol(self.rp, float(a))
             if lig is None:
                 raise InputError(f"no typical ligand amount for {self.rp}")
             admins.append(Administration(float(t), self.rp, float(a), float(lig)))
@@ -231,7 +238,8 @@ class Planner:
                            points_per_cycle, days=self.settings.days, settings=self.solver,
                            **self.dose_kw)
 
-    def padded_what_if(self, activities_mbq, times_h, n_total: int, extra_times_h):
+    def padded_what_if(self, activities_mbq, times_h, n_total: int, extra_times_h,
+                       ligands_nmol=None):
         """What-if of a regimen padded to ``n_total`` cycles with empty (0 MBq) cycles at
         ``extra_times_h`` (one compiled solve serves every plan length); the padding cycles'
         TIA, dose and BED (the tail of the last real cycle) are merged into the last real
@@ -243,7 +251,7 @@ class Planner:
             raise InputError("more cycles than the padded length")
         acts = np.concatenate([activities_mbq, np.zeros(n_total - n)])
         times = np.concatenate([times_h, np.asarray(extra_times_h, float)[:n_total - n]])
-        d = self.what_if(self.regimen(acts, times))
+        d = self.what_if(self.regimen(acts, times, ligands_nmol))
         if n == n_total:
             return d
 
@@ -310,19 +318,25 @@ class Planner:
                  max_cycles: int | None = None) -> Plan:
         """The regimen maximising the lesion objective under ``limits``.
 
-        ``fixed``: (times_h, activities_mbq) of delivered cycles (kept); new cycles start at
-        ``start_h`` (default: ``settings.start_h``, or one interval after the last fixed cycle)
-        every ``interval_weeks``; at most ``max_cycles`` new cycles (default settings').
+        ``fixed``: (times_h, activities_mbq[, ligands_nmol]) of delivered cycles (kept as
+        given; ligand NaN or absent: the typical amount); new cycles start at ``start_h``
+        (default: ``settings.start_h``, or one interval after the last fixed cycle) every
+        ``interval_weeks``; at most ``max_cycles`` new cycles (default settings').
         """
         s = self.settings
         limits = check_limits(limits, self.regions, self.bed_regions)
         fixed_t, fixed_a = (np.zeros(0), np.zeros(0)) if fixed is None else \
             (np.asarray(fixed[0], float), np.asarray(fixed[1], float))
-        if fixed_t.shape != fixed_a.shape:
-            raise InputError("fixed cycles need as many times as activities")
+        fixed_l = np.full(fixed_t.shape, np.nan) if fixed is None or len(fixed) < 3 else \
+            np.asarray(fixed[2], float)
+        if fixed_t.shape != fixed_a.shape or fixed_t.shape != fixed_l.shape:
+            raise InputError("fixed cycles need as many times as activities (and ligand amounts)")
         interval_h = s.interval_weeks * 168.0
         if start_h is None:
             start_h = fixed_t.max() + interval_h if fixed_t.size else s.start_h
+        if not math.isfinite(start_h) or start_h < 0:
+            raise InputError(f"the first new cycle at {start_h:g} h is in the past (before time "
+                             f"0, the first administration); give a time >= 0 h")
         if fixed_t.size and start_h <= fixed_t.max():
             raise InputError(f"the next cycle at {start_h:g} h is in the past: the last delivered "
                              f"cycle was at {fixed_t.max():g} h; plan later cycles only")
@@ -335,7 +349,7 @@ class Planner:
         ridx = {r: j for j, r in enumerate(self.regions)}
         # fixed part: full simulation of the delivered cycles alone (rows: MAP + samples)
         if fixed_t.size:
-            fd = self.padded_what_if(fixed_a, fixed_t, n_total, new_times)
+            fd = self.padded_what_if(fixed_a, fixed_t, n_total, new_times, fixed_l)
             fixed_tot = {"dose_gy": fd.total("dose_gy"), "bed_gy": fd.total("bed_gy")}
             ok_s = ok_s & fd.ok
         else:
@@ -388,8 +402,8 @@ class Planner:
             n_new, a_new = int(n_best) + 1, float(grid[g_best])
             acts = np.concatenate([fixed_a, np.full(n_new, a_new)])
             times = np.concatenate([fixed_t, new_times[:n_new]])
-            reg = self.regimen(acts, times)
-            doses = self.padded_what_if(acts, times, n_total, new_times[n_new:])
+            reg = self.regimen(acts, times, fixed_l)
+            doses = self.padded_what_if(acts, times, n_total, new_times[n_new:], fixed_l)
             values, violated = {}, []
             for lim in limits:
                 j = ridx[lim.region]
