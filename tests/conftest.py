@@ -12,7 +12,10 @@ jax.config.update("jax_enable_x64", True)
 
 # The suite runs on every core with pytest-xdist (`-n auto --dist loadgroup` in pyproject.toml).
 # Tests of one file share compiled JAX functions and module fixtures, so a file stays on one
-# worker; the demo, report and run tests share one demo run, so they form one group.
+# worker. The tests that use the one shared demo run (the ``demo_dir`` fixture of
+# tests/twin/demo_fixture.py, in test_demo.py, test_report.py and test_run.py) form one group;
+# the other tests of those files do not need it and may run elsewhere. Each notebook runs in its
+# own kernel and shares nothing, so each is its own group.
 _DEMO_FILES = {"test_demo.py", "test_report.py", "test_run.py"}
 
 
@@ -23,5 +26,10 @@ import pytest  # noqa: E402
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
-        group = "demo" if name in _DEMO_FILES else str(item.path)
+        if name in _DEMO_FILES and "demo_dir" in getattr(item, "fixturenames", ()):
+            group = "demo"
+        elif name == "test_notebooks.py":
+            group = item.nodeid
+        else:
+            group = str(item.path)
         item.add_marker(pytest.mark.xdist_group(group))

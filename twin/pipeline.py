@@ -6,12 +6,16 @@ Stages (each timed; progress lines on stdout):
 2. calibrate: fit the model's personal parameters to the PET and the first SPECT (configurable),
    with the organ and lesion volumes from the masks fixed (:func:`calibration.fit`); write
    twin.json; the fitted time-activity curves with credible bands and the therapy's region TIA
-   from posterior samples (one vmapped solve per radiopharmaceutical); the sloppiness spectrum
-   (eigenvalues of the data's Fisher information at the MAP);
-3. voxel dose of the therapy: the twin's region TIA spread over each region by the latest
+   from posterior samples (one vmapped solve per radiopharmaceutical);
+3. reduce: the sloppiness spectrum at the twin (eigenvalues of J^T J of the fitted data in log
+   parameters: one forward-mode Jacobian at the MAP) and the MBAM hierarchy (limits, meanings,
+   parameters left, errors) of a reduction made beforehand by ``twin reduce`` (the one shipped
+   with the package for the model, or the config's): the full reduction of psma-pbrpk takes
+   longer than the demo's budget;
+4. voxel dose of the therapy: the twin's region TIA spread over each region by the latest
    SPECT's uptake pattern, convolved with the nuclide's kernel (CT density correction);
-   dose.nii.gz, dose_rtdose.dcm, DVHs;
-4. tables (regions.csv, observations.csv), report.html and provenance.json.
+   dose.nii.gz, dose_rtdose.dcm, DVHs; (optional) plan of activity and cycles;
+5. tables (regions.csv, observations.csv), report.html and provenance.json.
 
 Every output goes through :mod:`twin.atomic` (or the writers' own temporary-file-and-rename), so
 an interrupted run leaves complete files only. Configuration: :class:`PipelineConfig` (built in
@@ -69,7 +73,9 @@ REFERENCES = [
     "Benua RS et al. The relation of radioiodine dosimetry to results and complications in the "
     "treatment of metastatic thyroid cancer. Am J Roentgenol 1962;87:171-182 (marrow limit).",
     "Transtrum MK, Qiu P. Model reduction by manifold boundaries. Phys Rev Lett "
-    "2014;113:098701 (sloppiness, MBAM).",
+    "2014;113:098701 (MBAM).",
+    "Transtrum MK, Machta BB, Sethna JP. Geometry of nonlinear least squares with applications "
+    "to sloppy models and optimization. Phys Rev E 2011;83:036701 (sloppiness spectrum).",
 ]
 
 
@@ -98,6 +104,9 @@ class PipelineConfig:
         tac_regions: regions drawn in the report's curves.
         plan, plan_limits: run the planning stage (activity and cycles optimised on the twin
             under these limits, ``twin plan`` syntax) and write plan.csv, plan_summary.csv.
+        reduce, reduction: show the MBAM hierarchy of a reduction (REDUCED.json made by
+            ``twin reduce``; default: the one shipped with the package for the model) in the
+            report; the sloppiness spectrum at the twin is computed in any case.
     """
 
     model: str = "psma-pbrpk"
@@ -126,6 +135,9 @@ class PipelineConfig:
     # planning stage (twin.planning): off unless asked ([plan] in the config; the full demo)
     plan: bool = False
     plan_limits: tuple = ("Kidney:bed_gy<=40", "RedMarrow:dose_gy<=2")
+    # MBAM stage: the sloppiness spectrum at the twin and a reduction's hierarchy ([reduce])
+    reduce: bool = True
+    reduction: str | None = None
 
     def __post_init__(self):
         if self.fit_scans not in FIT_SCANS:
@@ -272,18 +284,153 @@ def predict(post, regimen, spec, rp: str, times_h, *, days: float, n_samples: in
 
 
 def sloppiness(problem, theta) -> tuple[np.ndarray, pd.DataFrame]:
-    """Eigenvalues (descending) of the data's Fisher information J^T J at ``theta`` (log
-    parameters, residuals in sigma units) and the stiffest and sloppiest eigenvectors."""
+    """The sloppiness spectrum of the fitted data at ``theta``: eigenvalues (descending) of
+    g = J^T J, J the forward-mode Jacobian of the data residuals (sigma units) in log parameters
+    (:func:`calibration.mbam.spectrum`; the fit's compiled Jacobian, so one call at the MAP), and
+    the stiffest and sloppiest eigenvectors (right singular vectors of J)."""
     from calibration import Objective
+    from calibration.mbam import spectrum
 
-    r, J, _, _ = Objective(problem).evaluate(theta)
+    _, J, _, _ = Objective(problem).evaluate(theta)
     Jd = np.asarray(J)[: problem.n_obs]
-    w, v = np.linalg.eigh(Jd.T @ Jd)
-    order = np.argsort(w)[::-1]
-    w, v = w[order], v[:, order]
-    vec = pd.DataFrame({"parameter": list(problem.names), "stiffest": v[:, 0],
-                        "sloppiest": v[:, -1]})
+    n = Jd.shape[1]
+    w = np.zeros(n)
+    ev = spectrum(Jd)[:n]
+    w[: len(ev)] = ev  # fewer data than parameters: the rest of g's eigenvalues are 0
+    _, _, vt = np.linalg.svd(Jd, full_matrices=True)
+    vec = pd.DataFrame({"parameter": list(problem.names), "stiffest": vt[0],
+                        "sloppiest": vt[-1]})
     return w, vec
+
+
+def _package_dirs() -> tuple:
+    import calibration
+    import pbpk_models
+
+    return (Path(calibration.__file__).parent / "mbam", Path(pbpk_models.__file__).parent
+            / "library")
+
+
+def find_shipped_reduction(model: str, variant: str, dirs=None,
+                           protocol: str | None = None) -> Path | None:
+    """The REDUCED.json shipped with the package for ``model`` / ``variant``, or None.
+
+    Looks at every ``*.json`` under ``calibration/mbam/`` and ``pbpk_models/library/`` (any
+    depth; the shipped ones are in ``pbpk_models/library/reduced/``, see
+    :mod:`calibration.mbam.library`) for a reduced-model file (``"format":
+    "twin-reduced-model"``, written by ``twin reduce``) whose ``base_model`` and
+    ``base_variant`` match. Of several, the one made for ``protocol`` (text as
+    :func:`_protocol_text`, e.g. "PET 1 h, SPECT 24 h") wins, else the first by path.
+    """
+    from calibration.mbam.io import FORMAT
+
+    found = []
+    for folder in dirs or _package_dirs():
+        for p in sorted(Path(folder).rglob("*.json")):
+            try:
+                if p.stat().st_size > 20_000_000:
+                    continue
+                d = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if (isinstance(d, dict) and d.get("format") == FORMAT
+                    and d.get("base_model") == model and d.get("base_variant") == variant):
+                obs = (d.get("protocol") or {}).get("observations") or []
+                if protocol is not None and _protocol_text(obs) == protocol:
+                    return p
+                found.append(p)
+    return found[0] if found else None
+
+
+def _protocol_text(observations) -> str:
+    """'PET 1 h, SPECT 24 h' from protocol observation records (times from the first
+    administration)."""
+    seen = {}
+    for o in observations:
+        seen.setdefault((str(o["modality"]), round(float(o["time_h"]), 1)), None)
+    return ", ".join(f"{m} {t:g} h" for m, t in sorted(seen, key=lambda k: k[1]))
+
+
+def mbam_tables(doc: dict) -> tuple[pd.DataFrame, list]:
+    """The MBAM hierarchy of a REDUCED.json document as a steps table and spectra.
+
+    Returns (steps: ``step, limit, meaning, method, n_parameters, parameters_left,
+    max_rel_error, worst_prediction, status`` with row 0 the full model and a rejected last
+    step, if any, marked ``rejected``; spectra: [(label, eigenvalues)] per model where the
+    reduction recorded them).
+    """
+    hier = doc.get("hierarchy") or []
+    full = list(hier[0]["parameters"]) if hier else []
+    rows = [{"step": 0, "limit": "full model", "meaning": "", "method": "",
+             "n_parameters": int(doc.get("n_parameters_full", len(full))),
+             "parameters_left": ", ".join(full), "max_rel_error": 0.0,
+             "worst_prediction": "", "status": "start"}]
+    steps = [(s, "accepted") for s in doc.get("limits") or []] + \
+        [(s, "rejected") for s in doc.get("rejected") or []]
+    for i, (s, status) in enumerate(steps, start=1):
+        left = s.get("parameters_left") or []
+        rows.append({"step": i, "limit": str(s.get("limit", "")),
+                     "meaning": str(s.get("meaning", "")), "method": str(s.get("method", "")),
+                     "n_parameters": int(s.get("n_parameters_left", len(left))),
+                     "parameters_left": ", ".join(map(str, left)),
+                     "max_rel_error": float(s.get("worst_error", np.nan)),
+                     "worst_prediction": str(s.get("worst_prediction", "")), "status": status})
+    spectra = [(f"{'full' if k == 0 else f'MBAM {k}'} ({len(h.get('parameters') or [])})",
+                np.asarray(h["eigenvalues"], float))
+               for k, h in enumerate(hier) if h.get("eigenvalues")]
+    if len(spectra) > 3:  # a long chain: the full model and the last two with a spectrum
+        spectra = [spectra[0]] + spectra[-2:]
+    return pd.DataFrame(rows), spectra
+
+
+def mbam_stage(config: "PipelineConfig", spec, fitted_protocol: str) -> dict:
+    """The MBAM part of the pipeline: the reduction hierarchy of ``config.reduction`` (or the
+    one shipped with the package for the model) as tables, and what to say about it.
+
+    The full reduction of psma-pbrpk takes longer than the demo's budget, so the pipeline shows
+    a reduction computed beforehand with ``twin reduce`` for a protocol like the study's (its
+    protocol is printed beside this study's). Returns {steps, spectra, info, note, path}; steps
+    None (with the note) when there is no reduction.
+    """
+    from calibration.mbam.io import read_reduced
+
+    if not config.reduce:
+        return {"steps": None, "spectra": [], "info": None, "path": None,
+                "note": "model reduction disabled ([reduce] enabled = false)"}
+    path = Path(config.reduction) if config.reduction else \
+        find_shipped_reduction(spec.name, spec.variant, protocol=fitted_protocol)
+    if path is None:
+        return {"steps": None, "spectra": [], "info": None, "path": None,
+                "note": f"no shipped reduction for this model/protocol ({spec.name}, "
+                        f"{spec.variant}); make one with `twin reduce` and give it as [reduce] "
+                        f"file"}
+    doc = read_reduced(path)  # InputError if missing or not a REDUCED.json
+    if doc.get("base_model") != spec.name:
+        raise InputError(f"{path}: a reduction of {doc.get('base_model')}, not of the study's "
+                         f"model {spec.name}; give a reduction of {spec.name} ([reduce] file)")
+    steps, spectra = mbam_tables(doc)
+    final_left = steps.loc[steps["status"] != "rejected", "parameters_left"].iloc[-1]
+    if steps["n_parameters"].max() > 12:  # long lists: the final model's once, not per step
+        steps = steps.drop(columns="parameters_left")
+    protocol = doc.get("protocol") or {}
+    made_for = _protocol_text(protocol.get("observations") or [])
+    info = {"reduction": path.name, "base model": f"{doc.get('base_model')} "
+            f"({doc.get('base_variant')})",
+            "made for the protocol": made_for or "not recorded",
+            "this study's fit": fitted_protocol,
+            "preserved TIA": ", ".join(protocol.get("preserve") or []),
+            "tolerance": doc.get("tolerance"), "status": doc.get("status"),
+            "parameters": f"{doc.get('n_parameters_full')} -> {doc.get('n_parameters')}",
+            "parameters left": final_left}
+    produced = doc.get("produced") or {}
+    for key in ("command", "date"):
+        if produced.get(key):
+            info[f"produced ({key})"] = str(produced[key])
+    note = None
+    if made_for and made_for != fitted_protocol:
+        note = (f"The reduction was made for the protocol {made_for}; this study was fitted on "
+                f"{fitted_protocol}: the limits are those its protocol supports.")
+    return {"steps": steps, "spectra": spectra, "info": info, "note": note, "path": path}
 
 
 def voxel_dose(study, region_tia: dict, nuclide: str, out: Path):
@@ -323,6 +470,12 @@ def voxel_dose(study, region_tia: dict, nuclide: str, out: Path):
     return dose, np.asarray(ct), labels, names, stats[keep]
 
 
+def _decades(eigenvalues) -> str:
+    pos = np.asarray(eigenvalues, float)
+    pos = pos[pos > 0]
+    return f"{np.log10(pos.max() / pos.min()):.1f}" if len(pos) > 1 else "n/a"
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -357,7 +510,7 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
 
     out = Path(out)
     study_dir = Path(study_dir)
-    progress = progress or Progress(4)
+    progress = progress or Progress(6 if config.plan else 5)
     spec = model_spec(config.model, config.variant)
 
     # -- 1. read and observe
@@ -392,7 +545,6 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     post = fit(observations, regimen, config.model, n_starts=config.starts,
                seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
     write_twin(out / "twin.json", post, regimen)
-    eigen, eigvec = sloppiness(problem, post.theta_map)
     therapy = (config.therapy or (spec.default_radiopharmaceutical
                                   if spec.default_radiopharmaceutical in
                                   regimen.radiopharmaceuticals
@@ -418,6 +570,16 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         if rp == therapy:
             tia_table, n_failed, therapy_model, therapy_p = t, nf, m, p
     curves = pd.concat(curves, ignore_index=True)
+
+    # -- 2b. sloppiness and model reduction (MBAM)
+    progress.stage("reduce", "sloppiness spectrum at the twin and the MBAM reduction")
+    eigen, eigvec = sloppiness(problem, post.theta_map)
+    fitted_protocol = _protocol_text(obs_df[use].to_dict(orient="records"))
+    mbam = mbam_stage(config, spec, fitted_protocol)
+    if not progress.quiet:
+        print(f"      spectrum spans {_decades(eigen)} decades; "
+              + (f"MBAM {mbam['info']['parameters']} parameters ({mbam['path'].name})"
+                 if mbam["steps"] is not None else mbam["note"]), flush=True)
 
     # -- 3. voxel dose
     progress.stage("dose", "voxel TIA and absorbed dose (kernel convolution, CT density)")
@@ -517,7 +679,10 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         "posterior_map": post.map_values,
         "seeds": {"fit": config.fit_seed, "samples": config.sample_seed},
         "nuclide": nuclide, "nuclide_energy_mev": energy,
-        "input_sha256_16": {"study": _folder_hash(study_dir)},
+        "input_sha256_16": {"study": _folder_hash(study_dir),
+                            **({"reduction": _sha(mbam["path"])} if mbam["path"] else {})},
+        "reduction": ({"file": str(mbam["path"]), **mbam["info"]} if mbam["path"]
+                      else {"file": None, "note": mbam["note"]}),
         **(extra_provenance or {}),
     }
     report = ReportData(
@@ -526,6 +691,8 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         curve_regions=[r for r in config.tac_regions if r in set(obs_df["region"])]
         or list(dict.fromkeys(obs_df.loc[use, "region"]))[:6],
         fit=fit_info, parameters=params, sloppiness=eigen, sloppiness_vectors=eigvec,
+        mbam_steps=mbam["steps"], mbam_spectra=mbam["spectra"], mbam_info=mbam["info"],
+        mbam_note=mbam["note"],
         ct_hu=ct_hu, dose_gy=dose, spacing_zyx=tuple(float(s) for s in labels.spacing_mm[::-1]),
         dvh=dvh, dvh_regions=[r for r in table.dropna(subset=["mean_gy"])
                               .sort_values("mean_gy", ascending=False)["region"]][:10]

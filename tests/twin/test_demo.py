@@ -2,8 +2,9 @@
 observed, calibrated and dosed; the same seed gives identical tables; Ctrl-C leaves only
 complete files.
 
-One quick demo run is shared by the tests of this module (and by tests/twin/test_run.py and
-tests/twin/test_report.py through the ``demo_dir`` fixture of tests/twin/demo_fixture.py).
+One quick demo run is shared by the tests of this module and by tests/twin/test_run.py and
+tests/twin/test_report.py (the session fixture ``demo_dir`` of tests/twin/demo_fixture.py); no
+test runs a second demo.
 """
 
 import json
@@ -18,7 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.twin.demo_fixture import DEMO_SEED, assert_complete_outputs, demo_dir  # noqa: F401
+from tests.twin.demo_fixture import (  # noqa: F401
+    DEMO_SEED,
+    assert_complete_outputs,
+    demo_dir,
+    user_config,
+)
 from twin.cli import main
 
 pytestmark = pytest.mark.slow
@@ -31,10 +37,13 @@ def test_demo_outputs_are_complete(demo_dir):  # noqa: F811
     assert_complete_outputs(demo_dir)
     prov = json.loads((demo_dir / "provenance.json").read_text())
     assert prov["demo"]["seed"] == DEMO_SEED and prov["model"]["name"] == "psma-pbrpk"
-    for stage in ("truth_twin", "phantom", "read_observe", "calibrate", "dose", "report"):
+    for stage in ("truth_twin", "phantom", "read_observe", "calibrate", "reduce", "dose",
+                  "report"):
         assert prov["timings_s"][f"{stage}_s"] >= 0
         assert prov["timings_s"][f"{stage}_cpu_s"] >= 0
     assert prov["input_sha256_16"]["study"]
+    # the MBAM stage: the shipped reduction, or a note saying there is none
+    assert prov["reduction"]["file"] or "no shipped reduction" in prov["reduction"]["note"]
 
 
 def test_demo_calibration_recovers_the_truth_within_its_bands(demo_dir):  # noqa: F811
@@ -62,36 +71,47 @@ def test_demo_calibration_recovers_the_truth_within_its_bands(demo_dir):  # noqa
 
 
 def test_demo_twice_with_the_same_seed_gives_identical_tables(demo_dir, tmp_path):  # noqa: F811
-    again = tmp_path / "again"
-    assert main(["demo", "--quick", "--out", str(again), "--seed", str(DEMO_SEED)]) == 0
-    for name in ("regions.csv", "observations.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(demo_dir / name), pd.read_csv(again / name))
-    from calibration import read_twin
+    """Shown in two halves, without a second 60 s demo: (1) the synthetic study (the demo's
+    stages 1-2) made again with the same seed is byte-identical (the folder hash the demo
+    recorded) with the same ground truth; (2) the pipeline on identical DICOM gives identical
+    tables: ``twin run`` on the demo's DICOM reproduces regions.csv, observations.csv and
+    twin.json exactly (tests/twin/test_run.py)."""
+    from twin.cli.demo import QUICK_SPACING_MM, synthetic_study
+    from twin.pipeline import _folder_hash
 
-    a, _ = read_twin(demo_dir / "twin.json")
-    b, _ = read_twin(again / "twin.json")
-    np.testing.assert_array_equal(a.theta_map, b.theta_map)
-    np.testing.assert_array_equal(a.cov_log, b.cov_log)
-    import SimpleITK as sitk
+    prov = json.loads((demo_dir / "provenance.json").read_text())
+    study = tmp_path / "study"
+    synthetic_study(study, QUICK_SPACING_MM, DEMO_SEED)
+    assert _folder_hash(study / "dicom") == prov["input_sha256_16"]["study"]
+    for name in ("tacs.csv",):
+        pd.testing.assert_frame_equal(pd.read_csv(demo_dir / "study" / "truth" / name),
+                                      pd.read_csv(study / "truth" / name))
+    # the hash is not blind: one changed byte in one file changes it
+    victim = next(p for p in sorted((study / "dicom").rglob("*")) if p.is_file())
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    assert _folder_hash(study / "dicom") != prov["input_sha256_16"]["study"]
 
-    da = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_dir / "dose.nii.gz")))
-    db = sitk.GetArrayFromImage(sitk.ReadImage(str(again / "dose.nii.gz")))
-    np.testing.assert_array_equal(da, db)
 
-
-def test_ctrl_c_leaves_no_half_written_file(tmp_path):
-    """SIGINT while the demo is calibrating (after its first outputs): exit 130, a one-line
-    message, and every file in the output folder complete; no temporary file left."""
+def test_ctrl_c_leaves_no_half_written_file(demo_dir, tmp_path):  # noqa: F811
+    """SIGINT while a run is calibrating (after its first outputs): exit 130, a one-line
+    message, and every file in the output folder complete; no temporary file left. (``twin
+    run`` on the demo's DICOM: the same pipeline and signal handling as ``twin demo``, without
+    re-making the synthetic patient.)"""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(user_config(DEMO_SEED))
     out = tmp_path / "interrupted"
     env = dict(os.environ, JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--quick", "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run",
+                             str(demo_dir / "study" / "dicom"), "--config", str(cfg), "--out",
                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=str(Path(__file__).resolve().parents[2]))
     try:
         deadline = time.time() + 900
         while not (out / "observations.csv").exists():
             assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the demo did not reach its first output"
+            assert time.time() < deadline, "the run did not reach its first output"
             time.sleep(0.2)
         time.sleep(1.0)  # into the calibration stage
         proc.send_signal(signal.SIGINT)

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.twin.demo_fixture import demo_dir  # noqa: F401
+import json
+
+from tests.twin.demo_fixture import demo_dir, reduced_doc  # noqa: F401
 from twin.errors import InputError
-from twin.report import NOT_RUN, ReportData, build_report, write_report
+from twin.report import NOT_RUN, ReportData, build_report, key_figures, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,15 +66,73 @@ def test_sections_appear_when_their_results_do():
                          "radiopharmaceutical": "lu177-psma-617", "activity_mbq": [7400.0] * 2,
                          "ligand_nmol": [57.09] * 2})
     bed = pd.DataFrame({"region": "Kidney", "cycle": [1, 2], "cumulative_bed_gy": [5.0, 10.0]})
-    steps = pd.DataFrame({"step": [0, 1], "removed": ["", "k_on"], "n_parameters": [7, 6],
-                          "max_rel_error": [0.0, 0.01]})
-    text = build_report(ReportData(ct_hu=ct, dose_gy=dose, spacing_zyx=(3.0, 2.0, 2.0), dvh=dvh,
-                                   plan=plan, bed=bed, limits={"Kidney": 23.0},
-                                   sloppiness=np.array([1e3, 1.0, 1e-3]), mbam_steps=steps))
+    steps = pd.DataFrame({"step": [0, 1, 2], "limit": ["full model", "k_on -> 0", "PS -> inf"],
+                          "n_parameters": [7, 6, 5], "max_rel_error": [0.0, 0.01, 0.4],
+                          "status": ["start", "accepted", "rejected"]})
+    data = ReportData(ct_hu=ct, dose_gy=dose, spacing_zyx=(3.0, 2.0, 2.0), dvh=dvh,
+                      plan=plan, bed=bed, limits={"Kidney": 23.0},
+                      sloppiness=np.array([1e3, 1.0, 1e-3]), mbam_steps=steps,
+                      mbam_spectra=[("full (7)", np.logspace(3, -3, 7))],
+                      mbam_info={"tolerance": 0.02}, mbam_note="made for another protocol")
+    text = build_report(data)
     assert "voxel dose: not run" not in text and "planning: not run" not in text
     assert "MBAM): not run" not in text and "span 6.0 decades" in text
+    assert "made for another protocol" in text and "PS -&gt; inf" in text
+    assert text.count('class="over"') == 1  # the rejected MBAM step
     assert len(_images(text)) == 5  # MIP, DVH, BED, spectrum, MBAM
     _check_self_contained(text)
+    # the README's pictures: the same drawings, as PNG files
+    figs = key_figures(data)
+    assert set(figs) == {"dose_mip.png", "dvh.png", "plan_bed.png", "sloppiness.png",
+                         "mbam_steps.png"}
+    assert all(png.startswith(PNG_SIGNATURE) for png in figs.values())
+    assert base64.b64encode(figs["dvh.png"]).decode() in text
+
+
+def test_mbam_hierarchy_of_a_reduced_json(tmp_path):
+    """The pipeline's MBAM stage reads a REDUCED.json: steps table (full model, accepted
+    limits, the rejected one), spectra per model, the shipped file found by model and variant,
+    and a clear note when there is none."""
+    from twin.pipeline import PipelineConfig, find_shipped_reduction, mbam_stage, mbam_tables
+
+    doc = reduced_doc()
+    steps, spectra = mbam_tables(doc)
+    assert list(steps["n_parameters"]) == [7, 6, 5, 4]
+    assert list(steps["status"]) == ["start", "accepted", "accepted", "rejected"]
+    assert steps["max_rel_error"].tolist() == [0.0, 0.004, 0.012, 0.31]
+    assert steps.loc[2, "parameters_left"].split(", ") == doc["limits"][1]["parameters_left"]
+    assert [label for label, _ in spectra] == ["full (7)", "MBAM 1 (6)"]  # model 2: none
+    # the shipped file is found by base model and variant, anywhere below the package folders
+    lib = tmp_path / "lib" / "reduced"
+    lib.mkdir(parents=True)
+    (lib / "a_other.json").write_text(json.dumps(reduced_doc("sstr", "v1")))
+    (lib / "b_psma.json").write_text(json.dumps(doc))
+    (lib / "c_not_reduced.json").write_text('{"format": "twin.TWIN"}')
+    assert find_shipped_reduction("psma-pbrpk", "corrected", [tmp_path]) == lib / "b_psma.json"
+    assert find_shipped_reduction("psma-pbrpk", "published", [tmp_path]) is None
+    # of two reductions of the model, the one made for the study's protocol
+    late = reduced_doc()
+    late["protocol"]["observations"][1]["time_h"] = 172.0
+    (lib / "d_psma_late.json").write_text(json.dumps(late))
+    assert find_shipped_reduction("psma-pbrpk", "corrected", [tmp_path],
+                                  "PET 1 h, SPECT 172 h") == lib / "d_psma_late.json"
+    assert find_shipped_reduction("psma-pbrpk", "corrected", [tmp_path],
+                                  "PET 1 h, SPECT 24 h") == lib / "b_psma.json"
+
+    class Spec:
+        name, variant = "psma-pbrpk", "corrected"
+
+    res = mbam_stage(PipelineConfig(reduction=str(lib / "b_psma.json")), Spec,
+                     "PET 1 h, SPECT 172 h")
+    assert res["info"]["parameters"] == "7 -> 5"
+    assert res["info"]["made for the protocol"] == "PET 1 h, SPECT 192 h"
+    assert "fitted on PET 1 h, SPECT 172 h" in res["note"]
+    with pytest.raises(InputError, match="not of the study's model"):
+        mbam_stage(PipelineConfig(reduction=str(lib / "a_other.json")), Spec, "")
+    off = mbam_stage(PipelineConfig(reduce=False), Spec, "")
+    assert off["steps"] is None and "disabled" in off["note"]
+    text = build_report(ReportData(mbam_note="no shipped reduction for this model/protocol"))
+    assert "Model reduction (MBAM): no shipped reduction for this model/protocol" in text
 
 
 @pytest.mark.slow
@@ -83,6 +143,13 @@ def test_demo_report_is_complete_and_private(demo_dir):  # noqa: F811
     for heading in ("Patient and study", "Time-activity curves", "Sloppiness", "Absorbed dose",
                     "Organs and lesions", "Plan", "Assumptions", "References"):
         assert heading in text
+    assert "sloppiness spectrum: not run" not in text
+    from twin.pipeline import find_shipped_reduction
+
+    if find_shipped_reduction("psma-pbrpk", "corrected") is None:
+        assert "no shipped reduction for this model/protocol" in text
+    else:
+        assert "<h3>MBAM steps</h3>" in text
     import pydicom
 
     ds = pydicom.dcmread(next((demo_dir / "study" / "dicom" / "CT").iterdir()))

@@ -1,43 +1,39 @@
 """``twin run`` on the demo's own DICOM folder, with a config written as a user would, gives the
 same results as the demo; the documented example config parses; bad configs fail cleanly."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.twin.demo_fixture import DEMO_SEED, assert_complete_outputs, demo_dir  # noqa: F401
+from tests.twin.demo_fixture import (  # noqa: F401
+    DEMO_SEED,
+    assert_complete_outputs,
+    demo_dir,
+    reduced_doc,
+    user_config,
+)
 from twin.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
-USER_CONFIG = f"""
-# my study: PSMA PET, then one 7.4 GBq cycle with SPECT/CT at 4, 24, 96 and 168 h
-[model]
-name = "psma-pbrpk"
-variant = "corrected"
-
-[radiopharmaceuticals]
-therapy = "lu177-psma-617"
-ligand_nmol = {{ "ga68-psma-11" = 3.0, "lu177-psma-617" = 57.09 }}
-
-[imaging]
-spect_calibration_cps_per_mbq = 20.0
-
-[fit]
-seed = {DEMO_SEED}
-
-[prediction]
-samples = 60
-seed = {DEMO_SEED}
-"""
-
-
 @pytest.mark.slow
-def test_run_on_the_demo_dicom_gives_the_demo_results(demo_dir, tmp_path):  # noqa: F811
+def test_run_on_the_demo_dicom_gives_the_demo_results_and_a_plan(demo_dir, tmp_path):  # noqa: F811
+    """One ``twin run`` on the demo's DICOM, config written as a user would, with the planning
+    stage and a given REDUCED.json:
+    - the same tables and twin as the demo (same DICOM, same seeds);
+    - plan.csv (a regimen file) and plan_summary.csv; the plan holds its limit at the 95th
+      percentile, and replaying plan.csv through the independent Kvaerno5 solve at the twin's
+      MAP keeps the kidney BED under 40 Gy;
+    - the report shows the reduction's MBAM steps; provenance records its hash."""
+    red = tmp_path / "REDUCED.json"
+    red.write_text(json.dumps(reduced_doc()))
     cfg = tmp_path / "my_config.toml"
-    cfg.write_text(USER_CONFIG)
+    extra = ('[plan]\nenabled = true\nlimits = ["Kidney:bed_gy<=40"]\n\n'
+             '[reduce]\nfile = "REDUCED.json"')
+    cfg.write_text(user_config(DEMO_SEED, "\n" + extra + "\n"))
     out = tmp_path / "results"
     assert main(["run", str(demo_dir / "study" / "dicom"), "--config", str(cfg),
                  "--out", str(out)]) == 0
@@ -46,35 +42,29 @@ def test_run_on_the_demo_dicom_gives_the_demo_results(demo_dir, tmp_path):  # no
     from calibration import read_twin
 
     a, ra = read_twin(demo_dir / "twin.json")
-    b, rb = read_twin(out / "twin.json")
-    np.testing.assert_array_equal(a.theta_map, b.theta_map)
+    post, rb = read_twin(out / "twin.json")
+    np.testing.assert_array_equal(a.theta_map, post.theta_map)
+    np.testing.assert_array_equal(a.cov_log, post.cov_log)
     pd.testing.assert_frame_equal(ra.to_frame(), rb.to_frame())
-    assert (out / "report.html").is_file()
     assert_complete_outputs(out)
+    text = (out / "report.html").read_text()
+    assert "<h3>MBAM steps</h3>" in text and "lambdaRel_Kidney -&gt; 0" in text
+    assert "this study&#x27;s fit" in text or "this study's fit" in text
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["reduction"]["parameters"] == "7 -> 5"
+    assert len(prov["input_sha256_16"]["reduction"]) == 16
 
-
-@pytest.mark.slow
-def test_plan_stage_writes_a_plan_that_meets_its_limits(demo_dir, tmp_path):  # noqa: F811
-    """With [plan] enabled the pipeline writes plan.csv (a regimen file) and plan_summary.csv;
-    the plan holds its limits at the 95th percentile, and replaying plan.csv through the
-    independent Kvaerno5 solve at the twin's MAP keeps the kidney BED under 40 Gy."""
-    from calibration import read_twin
+    # the plan
     from pbpk_models.regimen import Regimen
     from pbpk_models.simulate import simulate
     from twin.dosimetry.radiobiology import bed, tissue
 
-    cfg = tmp_path / "plan.toml"
-    cfg.write_text(USER_CONFIG + '\n[plan]\nenabled = true\nlimits = ["Kidney:bed_gy<=40"]\n')
-    out = tmp_path / "planned"
-    assert main(["run", str(demo_dir / "study" / "dicom"), "--config", str(cfg),
-                 "--out", str(out)]) == 0
     plan = Regimen.from_csv(out / "plan.csv")
     assert 1 <= len(plan.administrations) <= 6
     assert all(3700 - 1e-6 <= a.activity_mbq <= 11100 + 1e-6 for a in plan.administrations)
     summary = pd.read_csv(out / "plan_summary.csv").set_index("region")
     assert summary.loc["Kidney", "margin_gy"] >= 0
-    assert "cumulative BED per cycle" in (out / "report.html").read_text()
-    post, _ = read_twin(out / "twin.json")
+    assert "cumulative BED per cycle" in text
     from calibration import model_spec
 
     spec = model_spec(post.model_name, post.variant).with_values({**post.fixed,
@@ -84,7 +74,6 @@ def test_plan_stage_writes_a_plan_that_meets_its_limits(demo_dir, tmp_path):  # 
     res = simulate(spec, plan, times_h=np.unique(t))
     from pbpk_models import radionuclides as rn
     from pbpk_models import units as u
-
     from pbpk_models.model import compile_model
 
     model_mass = compile_model(spec, ("lu177-psma-617",)).region_masses_g()["Kidney"]
@@ -107,6 +96,7 @@ def test_the_example_config_parses_and_matches_the_demo():
         assert getattr(cfg, name) == getattr(demo, name), name
     assert cfg.region_map["kidneys"] == "Kidney" and cfg.region_map["lesion 1"] == "Tumor1"
     assert cfg.calibration_rel == {"PET": 0.05, "SPECT": 0.10}
+    assert cfg.reduce is True and cfg.reduction is None  # the shipped reduction
     assert title
 
 
@@ -117,6 +107,8 @@ def test_the_example_config_parses_and_matches_the_demo():
     ("[limits]\nKidney = -1\n", "positive"),
     ("[fit]\nscans = 'some'\n", "fit scans must be one of"),
     ("[model\n", "not valid TOML"),
+    ("[reduce]\nfile = 'nope.json'\n", "does not exist"),
+    ("[reduce]\nenabled = 'yes'\n", "expected a bool"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, text, message):
     cfg = tmp_path / "c.toml"

@@ -5,14 +5,16 @@ Stages:
    (150 MBq, 3 nmol) at t = 0 and 177Lu-PSMA-617 (7.4 GBq) one week later, one simulation;
 2. the synthetic patient written as real DICOM (CT, PET 1 h, SPECT 4/24/96/168 h, RTSTRUCT) from
    the twin's region curves, with its ground truth (DIR/study/);
-3-6. the shared pipeline (:func:`twin.pipeline.run_pipeline`, the same as ``twin run``): the
+3-7. the shared pipeline (:func:`twin.pipeline.run_pipeline`, the same as ``twin run``): the
    DICOM read back like clinical data and observed; the twin calibrated on the PET and the first
-   SPECT (DIR/twin.json); voxel TIA and dose (DIR/dose.nii.gz, DIR/dose_rtdose.dcm); tables
-   (DIR/regions.csv, DIR/observations.csv), DIR/report.html and DIR/provenance.json.
+   SPECT (DIR/twin.json); the sloppiness spectrum and the MBAM steps; voxel TIA and dose
+   (DIR/dose.nii.gz, DIR/dose_rtdose.dcm); tables (DIR/regions.csv, DIR/observations.csv),
+   DIR/report.html and DIR/provenance.json.
 
-The full demo also plans activity and cycles (twin.planning: DIR/plan.csv, DIR/plan_summary.csv);
-the MBAM stage arrives with its issue. ``--quick``: 6.6 mm voxels, fewer posterior samples and no
-planning stage.
+The pipeline's MBAM stage shows the twin's sloppiness spectrum and the hierarchy of the
+reduction shipped with the package (``twin reduce`` made beforehand; see twin.pipeline). The full
+demo also plans activity and cycles (twin.planning: DIR/plan.csv, DIR/plan_summary.csv).
+``--quick``: 6.6 mm voxels, fewer posterior samples and no planning stage.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ def register(sub) -> None:
         "demo", help="run the pipeline on the built-in synthetic patient",
         description="Build the population-typical 177Lu-PSMA-617 twin, write the synthetic "
                     "patient as DICOM from it, read it back, observe, calibrate a personal twin "
-                    "on the PET and the first SPECT, and compute voxel dose. Outputs in --out: "
+                    "on the PET and the first SPECT, show its sloppiness spectrum and the MBAM "
+                    "reduction shipped with the package, compute voxel dose and (full demo) plan "
+                    "activity and cycles. Outputs in --out: "
                     "report.html, regions.csv, observations.csv, twin.json, dose.nii.gz, "
-                    "dose_rtdose.dcm, provenance.json and the DICOM study (study/dicom).")
+                    "dose_rtdose.dcm, provenance.json, plan.csv and plan_summary.csv (full demo) "
+                    "and the DICOM study (study/dicom).")
     p.add_argument("--out", type=Path, default=Path("twin-demo"), help="output folder")
     p.add_argument("--quick", action="store_true",
                    help="coarser synthetic patient (6.6 mm voxels), fewer posterior samples and no "
@@ -60,30 +65,23 @@ def demo_config(quick: bool, seed: int, spect_calibration_cps_per_mbq: float):
         samples=QUICK_SAMPLES if quick else FULL_SAMPLES, plan=not quick)
 
 
-def run(args) -> int:
+def synthetic_study(study_dir: Path, spacing_mm: float, seed: int, progress=None):
+    """Stages 1-2 of the demo: the population-typical twin drives the synthetic patient, written
+    as DICOM (and its ground truth) into ``study_dir``. Returns (phantom, the therapy's true
+    region TIA {region: MBq h}). The same seed gives the same files (tested)."""
     import numpy as np
     import pandas as pd
 
     from pbpk_models.library import build_spec
     from pbpk_models.regimen import Administration, Regimen
     from pbpk_models.simulate import POPULATION_SETTINGS, simulate
-    from twin.errors import InputError
-    from twin.pipeline import Progress, run_pipeline
+    from twin.imaging import simulate_phantom, write_phantom
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    study_dir = out / "study"
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise InputError(f"{study_dir} exists and is not empty; choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(6 if args.quick else 7)
-
-    progress.stage("truth_twin", "the population-typical twin: 68Ga-PSMA-11 PET, then 7.4 GBq "
-                                 "177Lu-PSMA-617")
-    spacing = QUICK_SPACING_MM if args.quick else FULL_SPACING_MM
+    if progress is not None:
+        progress.stage("truth_twin", "the population-typical twin: 68Ga-PSMA-11 PET, then "
+                                     "7.4 GBq 177Lu-PSMA-617")
     # the synthetic patient's anatomy sets the twin's organ and lesion volumes
-    spec = build_spec("psma-pbrpk", "corrected").with_values(anatomy_volumes_ml(spacing, args.seed))
+    spec = build_spec("psma-pbrpk", "corrected").with_values(anatomy_volumes_ml(spacing_mm, seed))
     regimen = Regimen((
         Administration(0.0, "ga68-psma-11", PET_MBQ, PET_NMOL),
         Administration(THERAPY_AT_H, "lu177-psma-617", THERAPY_MBQ, THERAPY_NMOL),
@@ -95,27 +93,19 @@ def run(args) -> int:
     tacs = pd.concat([result.to_frame(rp) for rp in result.radiopharmaceuticals])
     truth_tia = result.tia("lu177-psma-617")
 
-    progress.stage("phantom", "the synthetic patient as DICOM (CT, PET, SPECT x4, RTSTRUCT)")
-    from twin.imaging import simulate_phantom, write_phantom
-
-    phantom = simulate_phantom(tacs, spacing_mm=spacing, pet_time_h=1.0,
+    if progress is not None:
+        progress.stage("phantom", "the synthetic patient as DICOM (CT, PET, SPECT x4, RTSTRUCT)")
+    phantom = simulate_phantom(tacs, spacing_mm=spacing_mm, pet_time_h=1.0,
                                spect_times_h=SPECT_TIMES_H, pet_admin_h=0.0,
                                therapy_admin_h=THERAPY_AT_H, pet_activity_mbq=PET_MBQ,
-                               therapy_activity_mbq=THERAPY_MBQ, seed=args.seed)
+                               therapy_activity_mbq=THERAPY_MBQ, seed=seed)
     write_phantom(phantom, study_dir)
+    return phantom, truth_tia
 
-    # the camera's calibration factor, as a user gives it for their SPECT/CT
-    config = demo_config(args.quick, args.seed, phantom.settings["spect_calibration_cps_per_mbq"])
-    res = run_pipeline(
-        study_dir / "dicom", config, out, progress=progress,
-        title="Theranostic digital twin: the synthetic demo patient",
-        summary_extra={"patient": "synthetic (twin demo)", "voxel size (mm)": spacing,
-                       "seed": args.seed},
-        extra_provenance={"demo": {"seed": args.seed, "voxel_mm": spacing, "quick": args.quick,
-                                   "truth_parameters_changed": anatomy_volumes_ml(spacing,
-                                                                                  args.seed)}})
-    table = res["regions"]
-    table["truth_tia_mbq_h"] = table["region"].map(truth_tia)
+
+def run(args) -> int:
+    res = run_demo(args.out, quick=args.quick, seed=args.seed)
+    table, out = res["regions"], Path(args.out)
     show = table[["region", "tia_mbq_h", "tia_low", "tia_high", "truth_tia_mbq_h",
                   "dose_gy_per_gbq", "clinical_gy_per_gbq", "mean_gy"]]
     show = show[show["region"].isin(["Kidney", "SG", "Liver", "Spleen", "Tumor1", "Tumor2",
@@ -126,6 +116,38 @@ def run(args) -> int:
     print(f"wrote {out}/report.html, regions.csv, observations.csv, twin.json, dose.nii.gz, "
           f"dose_rtdose.dcm, {planned}provenance.json, study/ ({total:.0f} s)")
     return 0
+
+
+def run_demo(out, *, quick: bool = False, seed: int = 0) -> dict:
+    """The whole demo into the folder ``out``; returns :func:`twin.pipeline.run_pipeline`'s
+    results (tables, posterior, the report's data) with the truth TIA added to ``regions``."""
+    from twin.errors import InputError
+    from twin.pipeline import Progress, run_pipeline
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    study_dir = out / "study"
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise InputError(f"{study_dir} exists and is not empty; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(7 if quick else 8)
+    spacing = QUICK_SPACING_MM if quick else FULL_SPACING_MM
+    phantom, truth_tia = synthetic_study(study_dir, spacing, seed, progress)
+
+    # the camera's calibration factor, as a user gives it for their SPECT/CT
+    config = demo_config(quick, seed, phantom.settings["spect_calibration_cps_per_mbq"])
+    res = run_pipeline(
+        study_dir / "dicom", config, out, progress=progress,
+        title="Theranostic digital twin: the synthetic demo patient",
+        summary_extra={"patient": "synthetic (twin demo)", "voxel size (mm)": spacing,
+                       "seed": seed},
+        extra_provenance={"demo": {"seed": seed, "voxel_mm": spacing, "quick": quick,
+                                   "truth_parameters_changed": anatomy_volumes_ml(spacing,
+                                                                                  seed)}})
+    res["regions"] = res["regions"].assign(
+        truth_tia_mbq_h=res["regions"]["region"].map(truth_tia))
+    return res
 
 
 # model volume parameters that the synthetic anatomy defines

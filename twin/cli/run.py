@@ -29,6 +29,7 @@ _SCHEMA = {
                    "level": ("level", float), "days": ("days", float)},
     "report": {"title": (None, str), "tac_regions": ("tac_regions", list)},
     "plan": {"enabled": ("plan", bool), "limits": ("plan_limits", list)},
+    "reduce": {"enabled": ("reduce", bool), "file": ("reduction", str)},
 }
 _TABLES = ("regions", "limits")  # free-form {name: value} tables
 _ARRAYS = ("regimen",)
@@ -43,7 +44,8 @@ def register(sub) -> None:
                     "twin.json, dose.nii.gz, dose_rtdose.dcm and provenance.json into --out. "
                     "CONFIG.toml: model, radiopharmaceuticals (ligand amounts), region mapping "
                     "(contour name = model region), camera calibration, fit and prediction "
-                    "settings, seeds and dose limits; see docs/run.md and "
+                    "settings, seeds, dose limits, planning and the MBAM reduction shown; see "
+                    "docs/run.md and "
                     "docs/run_config_example.toml.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("study", type=Path, metavar="STUDY_FOLDER",
@@ -107,7 +109,7 @@ def load_config(path) -> tuple:
                 title = value
             elif key.endswith("_calibration_uncertainty"):
                 rel[key.split("_")[0].upper()] = value
-            elif key in ("masks", "mask_names"):
+            elif key in ("masks", "mask_names") or (section, key) == ("reduce", "file"):
                 p = Path(value)
                 kw[name] = str(p if p.is_absolute() else path.parent / p)
             elif typ is list:
@@ -120,6 +122,9 @@ def load_config(path) -> tuple:
                             for k, v in value.items()}
             else:
                 kw[name] = value
+    if kw.get("reduction") and not Path(kw["reduction"]).is_file():
+        raise InputError(f"{path}: [reduce] file {kw['reduction']} does not exist; make it with "
+                         f"`twin reduce` or remove the key to use the shipped reduction")
     if rel:
         kw["calibration_rel"] = rel
     if "therapy" in kw:
@@ -141,7 +146,8 @@ def run(args) -> int:
         raise InputError("--out must not be inside the study folder (the outputs would be read "
                          "as inputs next time)")
     out.mkdir(parents=True, exist_ok=True)
-    res = run_pipeline(args.study, config, out, progress=Progress(5 if config.plan else 4), title=title,
+    res = run_pipeline(args.study, config, out, progress=Progress(6 if config.plan else 5),
+                       title=title,
                        extra_provenance={"config_file": str(args.config)})
     table = res["regions"]
     cols = [c for c in ("region", "tia_mbq_h", "tia_low", "tia_high", "dose_gy_per_gbq",

@@ -75,15 +75,29 @@ def tac_figure(curves, observations, radiopharmaceutical: str, regions) -> bytes
     return to_png(fig)
 
 
-def spectrum_figure(eigenvalues, label: str = "eigenvalue of the Fisher information") -> bytes:
-    """The sloppiness spectrum: eigenvalues on a log scale, largest first."""
+def spectrum_figure(spectra, label: str = "eigenvalue of J$^T$J") -> bytes:
+    """Sloppiness spectra: eigenvalues on a log scale, one column per model.
+
+    Args:
+        spectra: eigenvalues (one spectrum) or [(label, eigenvalues), ...].
+    """
     plt = _plt()
-    ev = np.sort(np.asarray(eigenvalues, dtype=float))[::-1]
-    ev = np.where(ev > 0, ev, np.nan)
-    fig, ax = plt.subplots(figsize=(3.2, 3.2))
-    ax.hlines(ev, 0, 1, color="C0")
+    if len(spectra) and isinstance(spectra[0], tuple):
+        items = [(str(n), np.asarray(e, float)) for n, e in spectra]
+    else:
+        items = [("", np.asarray(spectra, float))]
+    if len(items) > 4:  # a long MBAM chain: the first two (this twin, full) and the last two
+        items = items[:2] + items[-2:]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.0 * len(items), 3.4))
+    for i, (_, ev) in enumerate(items):
+        ev = ev[np.isfinite(ev) & (ev > 0)]
+        ax.hlines(ev, i - 0.32, i + 0.32, color="C0" if i == 0 else "0.25", lw=1.2)
     ax.set_yscale("log")
-    ax.set_xticks([])
+    ax.set_xlim(-0.6, len(items) - 0.4)
+    ax.set_xticks(range(len(items)))
+    ax.set_xticklabels([n for n, _ in items], rotation=30 if len(items) > 1 else 0,
+                       ha="right" if len(items) > 1 else "center", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
     ax.set_ylabel(label, fontsize=8)
     ax.set_title("sloppiness spectrum", fontsize=9)
     fig.tight_layout()
@@ -91,18 +105,35 @@ def spectrum_figure(eigenvalues, label: str = "eigenvalue of the Fisher informat
 
 
 def mbam_figure(steps) -> bytes:
-    """MBAM steps: the remaining parameter count and the prediction error per step."""
+    """MBAM steps: parameters left (left axis) and the worst relative prediction error of each
+    model against the full one (right axis, %); a rejected step drawn open."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    x = np.arange(len(steps))
-    y = steps["n_parameters"] if "n_parameters" in steps else x[::-1]
-    ax.plot(x, y, "o-", color="C0")
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    x = np.asarray(steps["step"] if "step" in steps else np.arange(len(steps)), float)
+    y = np.asarray(steps["n_parameters"] if "n_parameters" in steps else x[::-1], float)
+    acc = ~np.asarray(steps["status"].eq("rejected")) if "status" in steps else \
+        np.ones(len(x), bool)
+    ax.plot(x[acc], y[acc], "o-", color="C0")
+    if (~acc).any():
+        ax.plot(x[~acc], y[~acc], "o", color="C0", mfc="white")
     ax.set_xlabel("MBAM step", fontsize=8)
     ax.set_ylabel("parameters", fontsize=8, color="C0")
+    ax.set_xticks(x)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.tick_params(labelsize=7)
     if "max_rel_error" in steps:
+        err = 100 * np.asarray(steps["max_rel_error"], float)
         ax2 = ax.twinx()
-        ax2.plot(x, steps["max_rel_error"], "s--", color="C1")
-        ax2.set_ylabel("max relative error", fontsize=8, color="C1")
+        pos = err > 0  # the full model's error is 0 by definition: not on a log axis
+        ax2.plot(x[acc & pos], err[acc & pos], "s--", color="C1")
+        if (~acc & pos).any():
+            ax2.plot(x[~acc & pos], err[~acc & pos], "s", color="C1", mfc="white",
+                     label="rejected")
+            ax2.legend(fontsize=7)
+        if pos.any():
+            ax2.set_yscale("log")
+        ax2.set_ylabel("worst prediction error (%)", fontsize=8, color="C1")
+        ax2.tick_params(labelsize=7)
     fig.tight_layout()
     return to_png(fig)
 

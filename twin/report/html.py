@@ -46,7 +46,14 @@ class ReportData:
         parameters: table of the personal parameters (name, unit, MAP, interval, verdict).
         sloppiness: eigenvalues of the Fisher information at the MAP (data only).
         sloppiness_vectors: table of the stiffest/sloppiest eigenvectors (optional).
-        mbam_steps: table of MBAM steps (``step, removed, n_parameters, max_rel_error, ...``).
+        mbam_steps: table of MBAM steps (``step, limit, meaning, n_parameters,
+            parameters_left, max_rel_error, ...``; row 0 the full model; an optional ``status``
+            column marks a ``rejected`` last step).
+        mbam_spectra: [(label, eigenvalues)] of the reduction's models (drawn beside the
+            twin's spectrum).
+        mbam_info: {label: value} about the reduction (file, protocol, tolerance, status).
+        mbam_note: a sentence shown in the MBAM part (why there is no reduction, or how its
+            protocol differs from the study's).
         ct_hu, dose_gy, spacing_zyx: arrays ``[z, y, x]`` on one grid, voxel size (mm).
         dvh: ``region, dose_gy, volume_fraction``.
         regions: the organ and lesion table.
@@ -68,6 +75,9 @@ class ReportData:
     sloppiness: np.ndarray | None = None
     sloppiness_vectors: pd.DataFrame | None = None
     mbam_steps: pd.DataFrame | None = None
+    mbam_spectra: list | None = None
+    mbam_info: dict | None = None
+    mbam_note: str | None = None
     ct_hu: np.ndarray | None = None
     dose_gy: np.ndarray | None = None
     spacing_zyx: tuple | None = None
@@ -178,25 +188,45 @@ def _section_tacs(r: ReportData) -> str:
     return "".join(parts)
 
 
+def _spectra(r: ReportData) -> list:
+    """[(label, eigenvalues)]: the twin's spectrum, then the reduction's models'."""
+    out = [(f"this twin ({len(r.sloppiness)})", r.sloppiness)] \
+        if r.sloppiness is not None and len(r.sloppiness) else []
+    return out + list(r.mbam_spectra or [])
+
+
 def _section_sloppiness(r: ReportData) -> str:
     from twin.report.figures import mbam_figure, spectrum_figure
 
     parts = []
-    if r.sloppiness is not None and len(r.sloppiness):
+    spectra = _spectra(r)
+    if spectra and r.sloppiness is not None and len(r.sloppiness):
         ev = np.sort(np.asarray(r.sloppiness, float))[::-1]
         pos = ev[ev > 0]
         span = f"{math.log10(pos[0] / pos[-1]):.1f}" if len(pos) > 1 else "n/a"
-        parts.append(f"<p>Eigenvalues of the data's Fisher information J<sup>T</sup>J (log "
-                     f"parameters, at the MAP) span {_e(span)} decades: the stiff directions are "
-                     f"fixed by the scans, the sloppy ones by the prior.</p>")
-        parts.append(_img(spectrum_figure(ev), "sloppiness spectrum"))
+        parts.append(f"<p>Eigenvalues of the fitted data's Fisher information J<sup>T</sup>J "
+                     f"(log parameters, at the MAP) span {_e(span)} decades: the stiff "
+                     f"directions are fixed by the scans, the sloppy ones by the prior."
+                     + (" Beside it, the spectra of the models of the MBAM reduction (its "
+                        "protocol, weighted by relative noise)." if r.mbam_spectra else "")
+                     + "</p>")
+    if spectra:
+        parts.append(_img(spectrum_figure(spectra), "sloppiness spectrum"))
         if r.sloppiness_vectors is not None and len(r.sloppiness_vectors):
             parts.append(_table(r.sloppiness_vectors))
     else:
         parts.append(_not_run("sloppiness spectrum"))
     if r.mbam_steps is not None and len(r.mbam_steps):
-        parts.append("<h3>MBAM steps</h3>" + _table(r.mbam_steps))
+        parts.append("<h3>MBAM steps</h3>")
+        if r.mbam_info:
+            parts.append(_kv(r.mbam_info))
+        if r.mbam_note:
+            parts.append(f"<p>{_e(r.mbam_note)}</p>")
+        rejected = r.mbam_steps["status"].eq("rejected") if "status" in r.mbam_steps else None
+        parts.append(_table(r.mbam_steps, rejected))
         parts.append(_img(mbam_figure(r.mbam_steps), "MBAM steps"))
+    elif r.mbam_note:
+        parts.append(f'<p class="notrun">Model reduction (MBAM): {_e(r.mbam_note)}.</p>')
     else:
         parts.append(_not_run("model reduction (MBAM)"))
     return "".join(parts)
@@ -285,6 +315,34 @@ def build_report(data: ReportData) -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body>"
             + "".join(body) + "</body></html>\n")
+
+
+def key_figures(data: ReportData) -> dict:
+    """The report's key figures as PNG bytes, by file name: ``tacs_<radiopharmaceutical>.png``
+    (measured and fitted curves with credible bands), ``dose_mip.png``, ``dvh.png``,
+    ``plan_bed.png`` (cumulative BED per cycle), ``sloppiness.png``, ``mbam_steps.png``; a
+    figure whose results are absent is left out. The same drawings as report.html."""
+    from twin.report import figures as f
+
+    out = {}
+    if data.curves is not None and len(data.curves):
+        for rp in dict.fromkeys(data.curves["radiopharmaceutical"]):
+            regions = [g for g in (data.curve_regions or dict.fromkeys(data.curves["region"]))
+                       if g in set(data.curves["region"])]
+            if regions:
+                out[f"tacs_{rp}.png"] = f.tac_figure(data.curves, data.observations, rp, regions)
+    if data.dose_gy is not None and data.ct_hu is not None and data.spacing_zyx is not None:
+        out["dose_mip.png"] = f.mip_figure(data.ct_hu, data.dose_gy, data.spacing_zyx)
+    if data.dvh is not None and len(data.dvh):
+        out["dvh.png"] = f.dvh_figure(data.dvh, data.dvh_regions)
+    if data.bed is not None and len(data.bed):
+        out["plan_bed.png"] = f.bed_figure(data.bed, data.limits)
+    spectra = _spectra(data)
+    if spectra:
+        out["sloppiness.png"] = f.spectrum_figure(spectra)
+    if data.mbam_steps is not None and len(data.mbam_steps):
+        out["mbam_steps.png"] = f.mbam_figure(data.mbam_steps)
+    return out
 
 
 def write_report(path, data: ReportData, inputs=()):
