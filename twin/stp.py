@@ -21,13 +21,23 @@ and radiopharmaceutical. Exact for a mono-exponential curve with that T_eff at a
 relative error for a wrong T_eff is least sensitive at t = T_eff / ln 2 (d/dl of e^(lt)/l
 vanishes at t = 1/l).
 
-Population effective half-lives (:data:`POPULATION_T_EFF_H`, cited per entry). Where no checked
-value exists (e.g. PSMA lesions) the user must give one (``t_eff_h=`` / ``--half-life-h``).
+Population effective half-lives (:data:`POPULATION_T_EFF_H`, cited per entry; lesion regions
+``Tumor*`` share a ``lesion`` entry). Checked against the sources: 177Lu-PSMA-617 kidneys 35.5 h,
+parotid 42.2 h, liver 22.9 h, spleen 16.8 h (medians; AAPM 2026 abstract, Results paragraph);
+177Lu-DOTATATE kidneys 56 +/- 13 h (Spink et al. 2024, abstract). No lesion value of either
+radiopharmaceutical could be read in a source here (Hou et al., J Nucl Med 2021, PMC8882881, fit
+lognormal T_eff distributions including tumours, but their table was not accessible), so there is
+no lesion entry: the user must give one (``t_eff_h=`` / ``--half-life-h Tumor1=H``).
 
 **Twin prior** (:func:`twin_tia`): the PET-calibrated twin (TWIN.json: a Laplace posterior of the
-patient's PBPK parameters) is the prior (``Posterior.as_prior``) of a MAP fit to the one SPECT
-(``calibration.fit``); the updated twin's TIA and 90% credible interval come from
-``twin.build.simulate_twin``. The PBPK model supplies the shape of the curve (uptake, washout,
+patient's PBPK parameters) is the prior (``Posterior.as_prior``) of the update by the one SPECT.
+Default (``update='importance'``, :func:`importance_update`): draws from that prior, solved in one
+vmapped batch, weighted by the SPECT likelihood with the same Gaussian noise model as
+``calibration.fit`` (each row's sigma_mbq): the exact Bayesian update. Alternative
+(``update='laplace'``): a MAP fit (``calibration.fit`` with the twin as prior) and draws from its
+Laplace posterior (``twin.build.simulate_twin``). Both report the posterior median of the TIA (the
+estimator that minimises the expected absolute error; the TIA at the MAP is a biased estimate when
+the TIA depends nonlinearly on poorly identified parameters) and a 90% credible interval. The PBPK model supplies the shape of the curve (uptake, washout,
 saturation) that the classical methods must assume.
 
 Scan time before the uptake peak: all methods assume that the scan is on the washout part of the
@@ -74,6 +84,24 @@ POPULATION_T_EFF_H = {
 }
 
 
+# Library model -> the therapy radiopharmaceutical whose population T_eff applies.
+RP_OF_MODEL = {"psma-pbrpk": "lu177-psma-617", "sstr": "lu177-dotatate"}
+
+# Model regions that are lesions: they share the population "lesion" T_eff.
+LESION_REGIONS = ("Tumor1", "Tumor2", "TumorRest")
+
+
+def _t_eff_key(radiopharmaceutical: str, region: str) -> tuple[str, str]:
+    region = "lesion" if region in LESION_REGIONS else region
+    return str(radiopharmaceutical).lower(), region
+
+
+def literature_t_eff_h(radiopharmaceutical: str, region: str) -> float | None:
+    """Published population T_eff (h) of a region (lesions: ``Tumor*``), or None if unknown."""
+    entry = POPULATION_T_EFF_H.get(_t_eff_key(radiopharmaceutical, region))
+    return None if entry is None else float(entry[0])
+
+
 def population_t_eff_h(radiopharmaceutical: str, region: str, overrides=None) -> float:
     """Population T_eff (h) of a region: ``overrides[region]`` if given, else the table."""
     overrides = overrides or {}
@@ -82,7 +110,7 @@ def population_t_eff_h(radiopharmaceutical: str, region: str, overrides=None) ->
         if not (v > 0 and math.isfinite(v)):
             raise InputError(f"effective half-life of {region} must be > 0 h, got {v}")
         return v
-    key = (str(radiopharmaceutical).lower(), region)
+    key = _t_eff_key(radiopharmaceutical, region)
     if key not in POPULATION_T_EFF_H:
         known = ", ".join(f"{r}/{g}" for r, g in POPULATION_T_EFF_H)
         raise InputError(f"no population effective half-life of {region} for "
@@ -226,9 +254,9 @@ def twin_peak_times_h(posterior, regimen, radiopharmaceutical: str, regions,
             if r in names}
 
 
-def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples: int = 200,
+def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples: int = 1000,
              seed: int = 0, n_starts: int = 1, days: float = 120.0, check_peak: bool = True,
-             settings=None):
+             settings=None, update: str = "importance"):
     """The twin prior: update a (PET-calibrated) twin with the SPECT, predict TIA and interval.
 
     Args:
@@ -237,18 +265,30 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         twin: a calibration.Posterior or the path of a TWIN.json; its posterior is the prior.
         regimen: the administrations the observations follow (default: the twin's regimen;
             it must contain the observed radiopharmaceutical).
-        level: credible level of the interval; n_samples: posterior draws.
+        level: credible level of the interval; n_samples: draws.
         days: TIA integration span after the last administration (d).
         check_peak: warn if a scan is before the twin's predicted uptake peak.
+        update: ``importance`` (default): ``n_samples`` draws from the twin's posterior
+            (``Posterior.as_prior``) solved in one vmapped batch and weighted by the SPECT
+            likelihood (:func:`importance_update`: the exact Bayesian update of that prior, the
+            estimator validated in benchmarks/validate_stp.py); ``laplace``: a MAP fit
+            (``calibration.fit`` with the twin as prior) and draws from its Laplace posterior.
     Returns:
-        (DataFrame ``region, tia_mbq_h, tia_low, tia_high``, updated Posterior).
+        (DataFrame ``region, tia_mbq_h, tia_low, tia_high, tia_map_mbq_h``, updated Posterior or
+        None for ``importance``): ``tia_mbq_h`` is the posterior median of the TIA (it
+        minimises the expected absolute error), the interval the central ``level`` quantiles;
+        ``tia_map_mbq_h`` the TIA at the MAP parameters (``laplace``) or at the twin's MAP
+        (``importance``, the prior point estimate).
     """
     import pandas as pd
 
-    from calibration import fit
     from pbpk_models.simulate import POPULATION_SETTINGS
     from twin.build import resolve_twin, simulate_twin
 
+    if update not in ("importance", "laplace"):
+        raise InputError(f"update must be importance or laplace, not {update!r}")
+    if update == "importance" and n_samples < 100:
+        raise InputError(f"the importance update needs at least 100 draws, got {n_samples}")
     twin, regimen = resolve_twin(twin, regimen)
     rp = _single_rp(observations)
     if rp not in regimen.radiopharmaceuticals:
@@ -263,6 +303,12 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         for region in regions:
             o = observations.select(region=region)
             check_scan_time(region, float(o.time_h.min()) - t_rp0, peak_h=peaks.get(region))
+    if update == "importance":
+        df = _importance_tia(observations, twin, regimen, rp, regions, level, n_samples, seed,
+                             days, settings or POPULATION_SETTINGS)
+        return df, None
+    from calibration import fit
+
     with warnings.catch_warnings():
         # one scan and seven parameters: calibration warns that the prior dominates; that is the
         # point of the twin prior
@@ -272,6 +318,122 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
     pred = simulate_twin(post, regimen, days=days, n_samples=n_samples, level=level, seed=seed,
                          radiopharmaceutical=rp, settings=settings or POPULATION_SETTINGS)
     idx = [pred.regions.index(r) for r in regions]
-    df = pd.DataFrame({"region": regions, "tia_mbq_h": pred.tia_mbq_h[idx],
-                       "tia_low": pred.tia_low[idx], "tia_high": pred.tia_high[idx]})
+    # Point estimate: the posterior median of each region's TIA over the draws (it minimises the
+    # expected absolute error; the TIA at the MAP parameters is biased when TIA is a nonlinear
+    # function of poorly identified parameters). The MAP value is kept for reference.
+    median = np.median(np.asarray(pred.samples_tia_mbq_h), axis=0)
+    df = pd.DataFrame({"region": regions, "tia_mbq_h": median[idx],
+                       "tia_low": pred.tia_low[idx], "tia_high": pred.tia_high[idx],
+                       "tia_map_mbq_h": pred.tia_mbq_h[idx]})
     return df, post
+
+
+def _importance_tia(observations, twin, regimen, rp, regions, level, n_samples, seed, days,
+                    settings):
+    """twin_tia(update='importance'): draws from the twin, one batched solve, SPECT weights."""
+    import pandas as pd
+
+    from calibration import model_spec
+    from pbpk_models.regimen import Regimen
+    from pbpk_models.simulate import simulate_batch
+
+    spec = model_spec(twin.model_name, twin.variant)
+    sub = Regimen(tuple(a for a in regimen.administrations
+                        if a.radiopharmaceutical.lower() == rp))
+    t0 = float(regimen.times_h.min())
+    obs_t = t0 + np.asarray(observations.time_h, float)
+    times = np.unique(obs_t)
+    thetas = np.vstack([twin.theta_map[None, :], twin.as_prior().sample_log(n_samples, seed)])
+    from pbpk_models.simulate import prepare
+
+    model = prepare(spec, sub, times, days)[0]
+    P = np.tile(model.params_from(twin.fixed), (len(thetas), 1))
+    P[:, [model.parameter_names.index(n) for n in twin.names]] = np.exp(thetas)
+    out = simulate_batch(model, sub, P, times, days=days, settings=settings)
+    names = list(out["model"].regions)
+    rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
+    act = np.asarray(out["activity_mbq"])[:, rp_i]          # (M+1, regions, times)
+    tia = np.asarray(out["tia_mbq_h"])[:, rp_i]             # (M+1, regions)
+    ok = np.asarray(out["ok"])
+    ri = np.array([names.index(r) for r in observations.region])
+    ti = np.searchsorted(times, obs_t)
+    pred = act[1:, ri, ti]                                   # (M, observation rows)
+    k = [names.index(r) for r in regions]
+    med, _, ess, lo, hi = importance_update(pred, tia[1:, k], observations.activity_mbq,
+                                            observations.sigma_mbq, ok[1:], level=level)
+    if ess < 20:
+        warnings.warn(f"the SPECT is far from what the twin expects: only {ess:.0f} effective "
+                      f"draws of {n_samples}; the interval is unreliable (check units, times "
+                      f"and regions, or refit the twin)", UserWarning, stacklevel=3)
+    return pd.DataFrame({"region": regions, "tia_mbq_h": med, "tia_low": lo, "tia_high": hi,
+                         "tia_map_mbq_h": tia[0, k] if ok[0] else np.nan})
+
+
+def weighted_quantile(values, weights, q: float):
+    """Weighted q-quantile of each column of ``values`` (M, R) with weights (M,) (normalised
+    here): the smallest value whose cumulative weight reaches q."""
+    v = np.asarray(values, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if v.ndim != 2 or w.shape != (v.shape[0],):
+        raise InputError(f"values must be (M, R) and weights (M,), got {v.shape} and {w.shape}")
+    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise InputError("weights must be finite, >= 0 and not all zero")
+    if not 0.0 < q < 1.0:
+        raise InputError(f"quantile must be between 0 and 1, got {q}")
+    w = w / w.sum()
+    order = np.argsort(v, axis=0)
+    cw = np.cumsum(w[order], axis=0)
+    idx = np.argmax(cw >= q - 1e-12, axis=0)
+    return np.take_along_axis(v, order, axis=0)[idx, np.arange(v.shape[1])]
+
+
+def weighted_median(values, weights):
+    """Weighted median of each column of ``values`` (M, R) with weights (M,)."""
+    return weighted_quantile(values, weights, 0.5)
+
+
+def importance_update(predicted_mbq, tia_mbq_h, measured_mbq, sigma_mbq, ok=None,
+                      level: float | None = None):
+    """Update draws from a twin's prior with one SPECT: posterior median TIA by importance weights.
+
+    The draws (e.g. ``Posterior.as_prior().sample_log``, simulated) are weighted by the Gaussian
+    likelihood of the measured region activities, prod_r N(y_r; pred_r, sigma_r): the same noise
+    model ``calibration.fit`` uses (each row's sigma_mbq). Exact Bayesian updating as the number
+    of draws grows (no Laplace approximation of the updated posterior); the posterior median is
+    the estimator that minimises the expected absolute error.
+
+    Args:
+        predicted_mbq: (M, R) activity of each draw at the scan time, the measured regions.
+        tia_mbq_h: (M, K) TIA of each draw (any regions).
+        measured_mbq, sigma_mbq: (R,) the scan and its standard uncertainties (> 0).
+        ok: (M,) solver success of the draws (default all).
+        level: if given, also the equal-tailed credible interval of that level.
+    Returns:
+        (posterior median TIA (K,), prior median TIA (K,), effective sample size of the
+        weights), plus (low (K,), high (K,)) when ``level`` is given.
+    Raises:
+        InputError for bad shapes or sigma, or fewer than 10 usable draws.
+    """
+    pred = np.asarray(predicted_mbq, dtype=float)
+    tia = np.asarray(tia_mbq_h, dtype=float)
+    y = np.asarray(measured_mbq, dtype=float)
+    sig = np.asarray(sigma_mbq, dtype=float)
+    if pred.ndim != 2 or tia.ndim != 2 or pred.shape[0] != tia.shape[0] or \
+            y.shape != (pred.shape[1],) or sig.shape != y.shape:
+        raise InputError(f"shapes: predicted (M, R), tia (M, K), measured and sigma (R,); got "
+                         f"{pred.shape}, {tia.shape}, {y.shape}, {sig.shape}")
+    if np.any(~np.isfinite(sig)) or np.any(sig <= 0):
+        raise InputError("sigma_mbq must be finite and > 0")
+    good = np.ones(len(pred), bool) if ok is None else np.asarray(ok, bool).copy()
+    good &= np.all(np.isfinite(pred), axis=1) & np.all(np.isfinite(tia), axis=1)
+    if good.sum() < 10:
+        raise InputError(f"only {int(good.sum())} usable draws (need >= 10)")
+    p, t = pred[good], tia[good]
+    loglik = -0.5 * np.sum(((p - y) / sig) ** 2, axis=1)
+    w = np.exp(loglik - loglik.max())
+    w /= w.sum()
+    prior_median = np.median(t, axis=0)
+    out = (weighted_median(t, w), prior_median, float(1.0 / np.sum(w * w)))
+    if level is not None:
+        out += (weighted_quantile(t, w, (1 - level) / 2), weighted_quantile(t, w, (1 + level) / 2))
+    return out

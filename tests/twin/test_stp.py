@@ -192,14 +192,16 @@ def test_cli_twin_round_trip(tmp_path, capsys):
     _write_obs(obs, [("Kidney", 0.1, float(a[0]), 0.1 * float(a[0]) + 0.01),
                      ("Kidney", 48.0, float(a[1]), 0.1 * float(a[1]))])
     res = tmp_path / "tia.csv"
-    assert main(["stp", "--observations", str(obs), "--method", "twin", "--twin",
-                 str(twin_path), "--samples", "40", "--out", str(res)]) == 0
-    assert "before the uptake peak" in capsys.readouterr().out
-    df = pd.read_csv(res)
-    assert list(df.columns) == ["region", "tia_mbq_h", "tia_low", "tia_high"]
-    row = df.iloc[0]
-    assert row["tia_mbq_h"] == pytest.approx(true_tia, rel=0.10)
-    assert row["tia_low"] <= true_tia <= row["tia_high"]
+    for update in ("importance", "laplace"):
+        assert main(["stp", "--observations", str(obs), "--method", "twin", "--twin",
+                     str(twin_path), "--samples", "400", "--update", update,
+                     "--out", str(res)]) == 0
+        assert "before the uptake peak" in capsys.readouterr().out
+        df = pd.read_csv(res)
+        assert list(df.columns) == ["region", "tia_mbq_h", "tia_low", "tia_high"]
+        row = df.iloc[0]
+        assert row["tia_mbq_h"] == pytest.approx(true_tia, rel=0.10), update
+        assert row["tia_low"] <= true_tia <= row["tia_high"], update
 
 
 def _params(spec, reg, names, values):
@@ -210,3 +212,58 @@ def _params(spec, reg, names, values):
     for n, v in zip(names, values):
         p[model.parameter_names.index(n)] = v
     return p[None, :]
+
+
+def test_literature_t_eff_lookup():
+    assert stp.literature_t_eff_h("lu177-psma-617", "Kidney") == 35.5
+    assert stp.literature_t_eff_h("LU177-DOTATATE", "Kidney") == 56.0
+    # no checked lesion value: None, and Madsen then demands one
+    assert stp.literature_t_eff_h("lu177-psma-617", "Tumor1") is None
+    with pytest.raises(InputError, match="half-life"):
+        stp.population_t_eff_h("lu177-dotatate", "Tumor2")
+    assert stp.population_t_eff_h("lu177-dotatate", "Tumor2", {"Tumor2": 70.0}) == 70.0
+    assert set(stp.RP_OF_MODEL) == {"psma-pbrpk", "sstr"}
+
+
+def test_weighted_median_matches_numpy_and_bad_weights():
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((101, 3))
+    # equal weights, odd M: the ordinary median
+    np.testing.assert_allclose(stp.weighted_median(v, np.ones(101)), np.median(v, axis=0))
+    # integer weights = repeated values
+    w = rng.integers(1, 4, size=101)
+    rep = np.repeat(v, w, axis=0)
+    lo = np.sort(rep, axis=0)[(len(rep) - 1) // 2]
+    np.testing.assert_allclose(stp.weighted_median(v, w), lo)
+    with pytest.raises(InputError):
+        stp.weighted_median(v, -np.ones(101))
+    with pytest.raises(InputError):
+        stp.weighted_median(v, np.ones(5))
+
+
+def test_importance_update_matches_the_conjugate_gaussian_posterior():
+    """theta ~ N(0, 1) (the twin's prior), the scan measures y = theta + N(0, s^2), TIA = e^theta:
+    the posterior of theta is N(y/(1+s^2), s^2/(1+s^2)), so the posterior median TIA is
+    exp(y/(1+s^2)) (analytic)."""
+    rng = np.random.default_rng(0)
+    theta = rng.standard_normal(200_000)
+    s, y = 0.5, 0.8
+    med, prior_med, ess = stp.importance_update(theta[:, None], np.exp(theta)[:, None],
+                                                np.array([y]), np.array([s]))
+    assert med[0] == pytest.approx(math.exp(y / (1 + s * s)), rel=0.01)
+    assert prior_med[0] == pytest.approx(1.0, abs=0.01)
+    # ESS of Gaussian weights: M sqrt(1 - r^2)... for this case M * sqrt(s^2 (s^2+2)) / (s^2+1)
+    # times exp(-y^2 / ((s^2+1)(s^2+2))) (analytic second moment of the weights)
+    expect = 200_000 * math.sqrt(s * s * (s * s + 2)) / (s * s + 1) * \
+        math.exp(-y * y / ((s * s + 1) * (s * s + 2)))
+    assert ess == pytest.approx(expect, rel=0.05)
+    # failed draws are dropped; too few usable draws is an error
+    ok = np.ones(200_000, bool)
+    ok[:100_000] = False
+    med2, _, _ = stp.importance_update(theta[:, None], np.exp(theta)[:, None], np.array([y]),
+                                       np.array([s]), ok)
+    assert med2[0] == pytest.approx(math.exp(y / (1 + s * s)), rel=0.02)
+    with pytest.raises(InputError, match="usable draws"):
+        stp.importance_update(theta[:5, None], theta[:5, None], np.array([y]), np.array([s]))
+    with pytest.raises(InputError, match="sigma"):
+        stp.importance_update(theta[:, None], theta[:, None], np.array([y]), np.array([0.0]))

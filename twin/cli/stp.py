@@ -4,9 +4,9 @@ Fixed interface (shared/CLI.md):
   twin stp --observations OBS.csv --method hanscheid|madsen|twin|multi [--twin TWIN.json]
            --out TIA.csv
 Output: ``region, tia_mbq_h`` and, where the method has one, the interval ``tia_low, tia_high``
-(twin: credible interval of the updated twin; multi: lognormal interval from the fit
+(twin: posterior median and credible interval of the updated twin; multi: lognormal interval from the fit
 covariance). Added options: --regimen, --radiopharmaceutical, --half-life-h REGION=H, --model,
---level, --samples, --seed.
+--level, --samples, --seed, --update.
 """
 
 from __future__ import annotations
@@ -49,7 +49,13 @@ def register(sub) -> None:
                    choices=("auto", "mono", "bi_uptake", "bi", "tri"),
                    help="multi: the sum of exponentials (auto: by AICc)")
     p.add_argument("--level", type=float, default=0.90, help="interval level")
-    p.add_argument("--samples", type=int, default=200, help="twin: posterior draws")
+    p.add_argument("--samples", type=int, default=1000,
+                   help="twin: draws from the twin (importance: at least 100)")
+    p.add_argument("--update", default="importance", choices=("importance", "laplace"),
+                   help="twin: how the SPECT updates the twin: importance (draws from the twin "
+                        "weighted by the SPECT likelihood; exact, validated) or laplace (MAP fit "
+                        "with the twin as prior, draws from its Laplace posterior); both report "
+                        "the posterior median TIA")
     p.add_argument("--seed", type=int, default=0, help="twin: seed of the draws")
     p.set_defaults(func=run)
 
@@ -83,7 +89,9 @@ def run(args) -> int:
             rp = stp._single_rp(obs, args.radiopharmaceutical)
             obs = obs.select(radiopharmaceutical=rp)
             df, _ = stp.twin_tia(obs, args.twin, regimen, level=args.level,
-                                 n_samples=args.samples, seed=args.seed)
+                                 n_samples=args.samples, seed=args.seed, update=args.update)
+            # fixed columns; tia_mbq_h is the posterior median (the MAP value is not written)
+            df = df[["region", "tia_mbq_h", "tia_low", "tia_high"]]
         else:
             if args.twin is not None:
                 raise InputError(f"--twin is used by --method twin only, not {args.method}")
