@@ -22,3 +22,8 @@ from calibration.mbam.predictions import prediction_map as prediction_map
 from calibration.mbam.reduce import Hierarchy as Hierarchy
 from calibration.mbam.reduce import reduce_model as reduce_model
 from calibration.mbam.reduce import refit as refit
+from calibration.mbam.affine import reduce_affine as reduce_affine
+from calibration.mbam.library import load_shipped as load_shipped
+from calibration.mbam.library import shipped_names as shipped_names
+from calibration.mbam.library import sloppiness_at as sloppiness_at
+from calibration.mbam.predictions import full_parameter_set as full_parameter_set

@@ -32,11 +32,15 @@ def hierarchy_to_dict(h) -> dict:
                       else red.name, variant=f"mbam-{h.n_parameters}")
     return {
         "format": FORMAT, "version": VERSION,
+        "produced": h.extra.get("produced", {}),
+        "engine": {k: v for k, v in h.extra.items() if k != "produced"},
         "base_model": h.base_model, "base_variant": h.base_variant,
         "n_parameters": h.n_parameters, "n_parameters_full": len(h.full_names),
         "n_model_parameters": len(red.parameter_names),
         "n_model_parameters_full": len(full.parameter_names),
-        "parameters": dict(h.values[-1]), "personal": list(h.names[-1]),
+        "parameters": dict(h.values[-1]),
+        "personal": list(h.extra.get("personal", h.names[-1])),
+        "mbam_parameters": list(h.names[-1]),
         "limits": [s for s in h.steps if not s.get("rejected")],
         "rejected": [s for s in h.steps if s.get("rejected")],
         "parameter_map": {k: sp.sstr(v) for k, v in h.parameter_map.items()},
@@ -48,6 +52,42 @@ def hierarchy_to_dict(h) -> dict:
         "predictions": {"labels": list(h.labels), "full": [float(x) for x in h.reference]},
         "model": spec_to_dict(red),
     }
+
+
+def personal_parameters(base_model: str, names, parameter_map: dict) -> list:
+    """The reduced model's parameters to personalise: those of the base model's declared
+    personal parameters (:data:`calibration.priors.PERSONAL`) it keeps, and the combinations
+    whose expression involves one of them; [] when the base model declares none."""
+    from calibration.priors import PERSONAL
+
+    pers = set(PERSONAL.get(base_model, ()))
+    out = []
+    for n in names:
+        expr = parameter_map.get(n, n)
+        syms = {str(x) for x in sp.sympify(expr).free_symbols} if not isinstance(
+            expr, sp.Basic) else {str(x) for x in expr.free_symbols}
+        if n in pers or syms & pers:
+            out.append(n)
+    return out
+
+
+def refresh(doc: dict) -> dict:
+    """Recompute the derived fields of a REDUCED.json document with the current code (the
+    personal parameters and each limit's meaning); no number changes."""
+    from calibration.mbam.geometry import Limit
+    from calibration.mbam.reduce import meaning_text
+
+    doc = dict(doc)
+    names = doc.get("mbam_parameters") or doc["hierarchy"][-1]["parameters"]
+    doc["mbam_parameters"] = list(names)
+    pers = personal_parameters(doc["base_model"], names, doc.get("parameter_map", {}))
+    if pers:
+        doc["personal"] = pers
+    for key in ("limits", "rejected"):
+        for s in doc.get(key, []):
+            lim = Limit(s["kind"], tuple(s["parameters"]), tuple(s["directions"]))
+            s["meaning"] = meaning_text(lim, s.get("effects", []))
+    return doc
 
 
 def dumps_hierarchy(h) -> str:

@@ -205,7 +205,45 @@ def _q_limit(spec: ModelSpec, effects: list) -> ModelSpec:
     return spec
 
 
+def _empty_into_sinks(spec: ModelSpec, fast, effects):
+    """Fast one-way transfers into a sink (e.g. release -> inf): the source pool is in
+    quasi-steady state at amount 0; its inflows leave the body directly. Returns (spec, the
+    fast transfers left)."""
+    rest = [(t, c) for t, c in fast if t.target not in spec.sinks]
+    into = [(t, c) for t, c in fast if t.target in spec.sinks]
+    if not into:
+        return spec, fast
+    transfers = list(spec.transfers)
+    comps = list(spec.compartments)
+    for t, _ in into:
+        src = t.source
+        if t.species != "all":
+            raise _NotSymbolic("a fast transfer acts on some species only")
+        if any(r.source == src or r.target == src for r, _ in rest) or \
+                sum(1 for r, _ in into if r.source == src) > 1:
+            raise _NotSymbolic(f"{src} has several fast transfers")
+        if src == spec.dosing_compartment:
+            raise _NotSymbolic(f"the dosing compartment {src} would be emptied at once")
+        if any(src in (b.free, b.bound) for b in spec.bindings):
+            raise _NotSymbolic(f"{src} takes part in a binding")
+        region = next(c.region for c in comps if c.name == src)
+        if not any(c.region == region and c.name != src for c in comps):
+            raise _NotSymbolic(f"{src} is the only compartment of region {region}")
+        transfers = [dataclasses.replace(x, target=t.target) if x.target == src else x
+                     for x in transfers if x.source != src]
+        comps = [c for c in comps if c.name != src]
+        effects.append(f"{src} in quasi-steady state (emptied at once into {t.target}: what "
+                       f"enters it leaves the body directly)")
+    spec = spec.replace(compartments=tuple(comps), transfers=tuple(transfers),
+                        no_decay=frozenset(n for n in spec.no_decay
+                                           if n in {c.name for c in comps}))
+    return spec, rest
+
+
 def _merge_fast(spec: ModelSpec, fast, effects) -> ModelSpec:
+    spec, fast = _empty_into_sinks(spec, fast, effects)
+    if not fast:
+        return spec
     names = [c.name for c in spec.compartments]
     # groups: connected components of the fast graph
     parent = {n: n for n in names}
@@ -336,6 +374,27 @@ def _prune(spec: ModelSpec) -> ModelSpec:
         no_decay=frozenset(n for n in spec.no_decay if n in names))
 
 
+def _ligand_combination(spec, base, a, b, op, cname, cval):
+    """A combination of ligand-specific parameters is ligand-specific: each other ligand's copy
+    keeps its ratio to the principal one (e.g. k_on/k_off = 1/K_D of PSMA-11 differs from
+    PSMA-617's)."""
+    lp = spec.ligand_parameters
+    if a not in lp and b not in lp:
+        return base
+    va, vb = spec.parameter(a).value, spec.parameter(b).value
+    ligands = {lig: dict(t) for lig, t in base.ligands.items()}
+    for lig, table in spec.ligands.items():
+        fa = table[a].value / va if a in table and va > 0 else 1.0
+        fb = table[b].value / vb if b in table and vb > 0 else 1.0
+        f = fa / fb if op == "ratio" else fa * fb
+        if abs(f - 1.0) > 1e-12:
+            p = base.parameter(cname)
+            ligands.setdefault(lig, {})[cname] = dataclasses.replace(
+                p, value=cval * f, description=f"{p.description} ({lig})")
+    return base.replace(ligand_parameters=frozenset(base.ligand_parameters | {cname}),
+                        ligands=ligands)
+
+
 def _ratio_name(a, b, op):
     return f"{a}_over_{b}" if op == "ratio" else f"{a}_times_{b}"
 
@@ -392,6 +451,7 @@ def apply_limit(spec: ModelSpec, limit: Limit, values: dict, boundary: dict) -> 
     base = _drop_parameter(base, removed)
     if new is not None:
         base = base.replace(parameters=base.parameters + (newp,))
+        base = _ligand_combination(spec, base, a, b, op, cname, cval)
     try:
         red = _prune(_q_limit(base, effects))
         red.resolved_derived()

@@ -49,6 +49,7 @@ class Hierarchy:
     parameter_map: dict = field(default_factory=dict)  # name -> sympy expr of full parameters
     status: str = "running"
     time_s: float = 0.0
+    extra: dict = field(default_factory=dict)   # engine diagnostics, provenance header
 
     @property
     def spec(self):
@@ -60,11 +61,23 @@ class Hierarchy:
 
 
 def _with_values(spec, values: dict, source: str):
+    """``spec`` with new values; a ligand-specific parameter's copies for other ligands
+    (``spec.ligands``) are scaled by the same factor (they keep their ratio to it, as the
+    prediction map varies them)."""
     import dataclasses
 
+    old = {p.name: p.value for p in spec.parameters}
     params = tuple(dataclasses.replace(p, value=float(values[p.name]), source=source)
                    if p.name in values else p for p in spec.parameters)
-    return spec.replace(parameters=params)
+    ligands = {}
+    for lig, table in spec.ligands.items():
+        t = {}
+        for k, p in table.items():
+            if k in values and old.get(k, 0) > 0:
+                p = dataclasses.replace(p, value=p.value * float(values[k]) / old[k])
+            t[k] = p
+        ligands[lig] = t
+    return spec.replace(parameters=params, ligands=ligands)
 
 
 def _errors(pred, ref):
@@ -128,12 +141,19 @@ def reduce_model(spec, protocol: Protocol, names=None, *, tolerance: float = 0.0
         raise InputError(f"tolerance must be a positive number, got {tolerance}")
     if names is None:
         names = protocol.parameters or PERSONAL.get(base_model or spec.name, ())
-    names = tuple(dict.fromkeys(names))
+    names = tuple(dict.fromkeys(protocol.resolve_parameters(spec, names)))
     if not names:
         raise InputError(f"model {spec.name} has no parameters to reduce: no personal "
                          f"parameters are declared; name them (--parameters NAME,...)")
+    import dataclasses
+
+    from calibration.mbam.predictions import curve_times_for
+
+    # the geometry-only curves are fixed for the whole chain (the reference's shape)
+    protocol = dataclasses.replace(protocol, curve_times_h=curve_times_for(protocol, len(names)))
     pm = prediction_map(spec, protocol, names, values=values)
     ref = pm.__dict__["reference"]
+    nd = pm.n_decision
     start_values = {n: float(v) for n, v in zip(names, np.exp(pm.theta0))}
     h = Hierarchy(base_model or spec.name, base_variant or spec.variant, names, protocol,
                   tolerance, ref, pm.labels)
@@ -182,7 +202,7 @@ def reduce_model(spec, protocol: Protocol, names=None, *, tolerance: float = 0.0
         except (ModelError, InputError) as exc:
             h.status = f"failed: applying {limit.describe()}: {exc}"
             break
-        err = _errors(pred, ref)
+        err = _errors(pred[:nd], ref[:nd])   # acceptance: the decision entries only
         worst = float(np.max(err)) if err.size else 0.0
         if not np.isfinite(worst) or worst > tolerance:
             h.status = (f"tolerance: the next limit ({limit.describe()}) would give a worst "
@@ -210,27 +230,92 @@ def reduce_model(spec, protocol: Protocol, names=None, *, tolerance: float = 0.0
     return h
 
 
+def _base_name(n: str) -> str:
+    return n.split("[")[0]
+
+
+def _hint(kind: str, name: str, up: bool) -> str:
+    """Physiological meaning of one parameter going to 0 (up False) or infinity (up True)."""
+    for sep, op in (("_times_", "*"), ("_over_", "/"), ("_eq_", "=")):
+        if sep in name:
+            a, b = name.split(sep, 1)
+            inner = _hint(kind, a, up) if sep != "_eq_" else ""
+            return (f"the combination {a} {op} {b} -> {'inf' if up else '0'}"
+                    + (f" ({inner})" if inner else ""))
+    organ = name.split("_", 1)[1] if "_" in name else ""
+    if name.startswith("lambdaRel"):
+        return (f"{organ}: internalised ligand released at once (no retention after "
+                f"internalisation)" if up else
+                f"{organ}: irreversible trapping (no release of internalised ligand)")
+    if name.startswith("lambdaIntern"):
+        return (f"{organ}: bound ligand internalised at once" if up else
+                f"{organ}: no internalisation (retention by receptor binding only)")
+    if name.startswith("kPS") or name.startswith("PS"):
+        return (f"{organ}: flow-limited (capillary exchange no longer limits uptake)" if up
+                else f"{organ}: capillary wall impermeable (no extravasation)")
+    if name.startswith("fF") or (name.startswith("f_") and organ):
+        return (f"{organ}: perfusion not limiting (permeability-limited uptake)" if up else
+                f"{organ}: perfusion negligible for the protocol")
+    if name.startswith("Rden"):
+        return (f"{organ}: receptor excess, binding linear (no saturation)" if up else
+                f"{organ}: non-specific (no receptor binding)")
+    if name == "TER_Kidney":
+        return "renal filtration instantaneous" if up else "no renal filtration"
+    if name == "phi":
+        return "all filtered" if up else "filtered fraction negligible"
+    if name == "f_exc":
+        return "all filtrate excreted" if up else "filtrate reabsorbed"
+    if name == "k_on":
+        return "association instantaneous" if up else "no association"
+    if name == "k_off":
+        return "dissociation instantaneous" if up else "binding irreversible"
+    return ""
+
+
 def meaning(limit, red, spec=None) -> str:
     """Physiological meaning of a limit, from the parameters and the structural effects."""
+    return meaning_text(limit, list(red.effects))
+
+
+def meaning_text(limit, effects) -> str:
     text = limit.describe()
-    names = set(limit.names)
-    base = {n.split("[")[0].split("_")[0] for n in names}
+    names = [_base_name(n) for n in limit.names]
     hint = ""
-    if limit.kind == "ratio" and {"k", "k_on", "k_off"} & base and \
-            any("on" in n for n in names) and any("off" in n for n in names):
+    if limit.kind == "ratio" and {"k_on", "k_off"} <= set(names):
         hint = "equilibrium binding (fast association and dissociation at fixed K_D)"
-    elif base & {"PS"} and limit.kind == "infinity":
-        hint = "flow-limited organ (capillary exchange no longer limits uptake)"
-    elif base & {"lambdaRel"} and limit.kind == "zero":
-        hint = "irreversible trapping (no release of internalised ligand)"
-    elif base & {"Rden"} and limit.kind == "zero":
-        hint = "the organ becomes non-specific (no receptor binding)"
-    elif base & {"Rden"} and limit.kind == "infinity":
-        hint = "receptor excess: binding is linear, saturation is lost"
+    elif limit.kind == "product" and {"phi", "TER_Kidney"} <= set(names):
+        hint = ("only the filtered clearance phi * GFR is determined: filtration fraction and "
+                "filtration rate are one parameter")
+    elif limit.kind in ("zero", "infinity"):
+        hint = _hint(limit.kind, names[0], limit.kind == "infinity")
+    elif limit.kind in ("ratio", "product"):
+        parts = [_hint("", n, d > 0) for n, d in zip(names, limit.directions)]
+        parts = [p for p in parts if p]
+        comb = "ratio" if limit.kind == "ratio" else "product"
+        hint = (f"only the {comb} {names[0]} {'/' if comb == 'ratio' else '*'} {names[1]} is "
+                f"determined" + (f" ({'; '.join(parts)})" if parts else ""))
     elif limit.kind == "equal":
         hint = "the two rates cannot be told apart: one rate"
-    parts = [p for p in (hint, "; ".join(red.effects)) if p]
+    parts = [p for p in (hint, "; ".join(effects)) if p]
     return f"{text}: {' | '.join(parts)}" if parts else text
+
+
+def _step_record_affine(limit, red, geo, worst, new_names, err, labels, k, dt) -> dict:
+    i = int(np.argmax(err)) if len(err) else 0
+    return {
+        "limit": limit.describe(), "kind": limit.kind, "parameters": list(limit.names),
+        "directions": list(limit.directions), "meaning": meaning(limit, red),
+        "method": red.method, "effects": list(red.effects),
+        "new_parameter": (None if red.new_parameter is None else
+                          {"name": red.new_parameter[0], "value": red.new_parameter[1],
+                           "expression": red.new_parameter[2]}),
+        "parameters_left": list(new_names), "n_parameters_left": len(new_names),
+        "worst_error": worst, "worst_prediction": labels[i] if len(err) else "",
+        "geodesic": {"reason": geo["reason"], "steps": int(geo["n_steps"]), "direction": k,
+                     "sigma_min_rel_end": float(geo["sigma"][-1]),
+                     "theta_end": geo["u"][-1].tolist()},
+        "time_s": dt,
+    }
 
 
 def _step_record(limit, red, geo, worst, new_names, err, labels) -> dict:

@@ -109,6 +109,7 @@ FAST = SolverSettings(rtol=1e-9, atol=1e-12, method="rosenbrock")
     (Limit("zero", ("lambdaRel",), (-1,)), {"lambdaRel": 1e-12}, "release"),
     (Limit("zero", ("Rden_Org",), (-1,)), {"Rden_Org": 1e-12}, "non-specific"),
     (Limit("infinity", ("Rden_Org",), (1,)), {"Rden_Org": 1e4}, "linear"),
+    (Limit("infinity", ("lambdaRel",), (1,)), {"lambdaRel": 1e6}, "quasi-steady state"),
 ])
 def test_symbolic_limits_match_the_full_model_near_the_limit(limit, big, effect):
     spec = tiny_spec()
