@@ -94,6 +94,9 @@ class PipelineConfig:
         masks, mask_names: a NIfTI label map (and its names CSV) instead of the RTSTRUCT.
         spect_calibration_cps_per_mbq: camera calibration factor of count SPECTs.
         calibration_rel: {'PET': 0.05, 'SPECT': 0.10} relative calibration uncertainty.
+        pvc, fwhm_mm: partial-volume correction of the region activities (``'gtm'``: the
+            geometric transfer matrix, :mod:`twin.imaging.pvc`) with the scanners' resolution
+            {'PET': mm, 'SPECT': mm}; ``None``: no correction.
         fit_scans: 'pet+first-spect' or 'all'.
         personal: parameters to fit (default: the model's personal parameters).
         volumes_from_masks: regions whose model volume V_<region> is set from the masks.
@@ -119,6 +122,8 @@ class PipelineConfig:
     mask_names: str | None = None
     spect_calibration_cps_per_mbq: float | None = None
     calibration_rel: dict | None = None
+    pvc: str | None = None
+    fwhm_mm: dict | None = None
     fit_scans: str = "pet+first-spect"
     personal: tuple | None = None
     volumes_from_masks: tuple = VOLUME_REGIONS
@@ -518,7 +523,8 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     study = load_study(study_dir, masks=config.masks, mask_names=config.mask_names,
                        region_map=config.region_map,
                        spect_calibration_cps_per_mbq=config.spect_calibration_cps_per_mbq)
-    stats = region_statistics(study, calibration_rel=config.calibration_rel)
+    stats = region_statistics(study, calibration_rel=config.calibration_rel, pvc=config.pvc,
+                              fwhm_mm=config.fwhm_mm)
     obs_cols = ["region", "time_h", "activity_mbq", "sigma_mbq", "modality",
                 "radiopharmaceutical"]
     obs_df = stats[obs_cols].copy()
@@ -596,7 +602,8 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
 
         progress.stage("plan", "planning activity and cycles under the organ limits")
         limits = [parse_limit(str(t)) for t in config.plan_limits]
-        plan = plan_twin(post, limits)
+        # on the twin's clock: the cycle the SPECT measured is delivered, the rest is planned
+        plan = plan_twin(post, limits, twin_regimen=regimen)
         plan_table = plan.to_frame()
         write_csv_atomic(plan_table, out / "plan.csv")
         write_csv_atomic(plan.summary(config.level), out / "plan_summary.csv")

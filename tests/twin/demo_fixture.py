@@ -39,6 +39,9 @@ ligand_nmol = {{ "ga68-psma-11" = 3.0, "lu177-psma-617" = 57.09 }}
 
 [imaging]
 spect_calibration_cps_per_mbq = 20.0
+pvc = "gtm"
+pet_fwhm_mm = 6.0
+spect_fwhm_mm = 12.0
 
 [fit]
 seed = {seed}

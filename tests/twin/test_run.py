@@ -92,7 +92,7 @@ def test_the_example_config_parses_and_matches_the_demo():
     demo = demo_config(quick=False, seed=0, spect_calibration_cps_per_mbq=20.0)
     for name in ("model", "variant", "therapy", "ligand_nmol", "spect_calibration_cps_per_mbq",
                  "fit_scans", "starts", "max_nfev", "fit_seed", "samples", "sample_seed",
-                 "level", "days", "limits", "volumes_from_masks"):
+                 "level", "days", "limits", "volumes_from_masks", "pvc", "fwhm_mm"):
         assert getattr(cfg, name) == getattr(demo, name), name
     assert cfg.region_map["kidneys"] == "Kidney" and cfg.region_map["lesion 1"] == "Tumor1"
     assert cfg.calibration_rel == {"PET": 0.05, "SPECT": 0.10}
@@ -108,6 +108,8 @@ def test_the_example_config_parses_and_matches_the_demo():
     ("[fit]\nscans = 'some'\n", "fit scans must be one of"),
     ("[model\n", "not valid TOML"),
     ("[reduce]\nfile = 'nope.json'\n", "does not exist"),
+    ("[imaging]\npvc = 'gtm'\n", "needs pet_fwhm_mm"),
+    ("[imaging]\npvc = 'rbv'\n", "must be"),
     ("[reduce]\nenabled = 'yes'\n", "expected a bool"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, text, message):

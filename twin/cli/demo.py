@@ -53,14 +53,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def demo_config(quick: bool, seed: int, spect_calibration_cps_per_mbq: float):
-    """The pipeline configuration of the demo (what docs/run_config_example.toml writes out)."""
+def demo_config(quick: bool, seed: int, spect_calibration_cps_per_mbq: float,
+                fwhm_mm: dict | None = None):
+    """The pipeline configuration of the demo (what docs/run_config_example.toml writes out).
+
+    ``fwhm_mm``: the synthetic scanners' resolution {'PET': mm, 'SPECT': mm} (default: those of
+    :mod:`twin.imaging.phantom`), used by the partial-volume correction of the observations."""
+    from twin.imaging.phantom import PET_FWHM_MM, SPECT_FWHM_MM
     from twin.pipeline import PipelineConfig
+
+    fwhm_mm = dict(fwhm_mm or {"PET": PET_FWHM_MM, "SPECT": SPECT_FWHM_MM})
 
     return PipelineConfig(
         model="psma-pbrpk", variant="corrected", therapy="lu177-psma-617",
         ligand_nmol={"ga68-psma-11": PET_NMOL, "lu177-psma-617": THERAPY_NMOL},
         spect_calibration_cps_per_mbq=spect_calibration_cps_per_mbq,
+        pvc="gtm", fwhm_mm=fwhm_mm,
         fit_seed=seed, sample_seed=seed,
         samples=QUICK_SAMPLES if quick else FULL_SAMPLES, plan=not quick)
 
@@ -136,7 +144,9 @@ def run_demo(out, *, quick: bool = False, seed: int = 0) -> dict:
     phantom, truth_tia = synthetic_study(study_dir, spacing, seed, progress)
 
     # the camera's calibration factor, as a user gives it for their SPECT/CT
-    config = demo_config(quick, seed, phantom.settings["spect_calibration_cps_per_mbq"])
+    config = demo_config(quick, seed, phantom.settings["spect_calibration_cps_per_mbq"],
+                         {"PET": phantom.settings["pet_fwhm_mm"],
+                          "SPECT": phantom.settings["spect_fwhm_mm"]})
     res = run_pipeline(
         study_dir / "dicom", config, out, progress=progress,
         title="Theranostic digital twin: the synthetic demo patient",

@@ -21,7 +21,9 @@ _SCHEMA = {
     "imaging": {"spect_calibration_cps_per_mbq": ("spect_calibration_cps_per_mbq", float),
                 "masks": ("masks", str), "mask_names": ("mask_names", str),
                 "pet_calibration_uncertainty": (None, float),
-                "spect_calibration_uncertainty": (None, float)},
+                "spect_calibration_uncertainty": (None, float),
+                "pvc": ("pvc", str), "pet_fwhm_mm": (None, float),
+                "spect_fwhm_mm": (None, float)},
     "fit": {"scans": ("fit_scans", str), "personal": ("personal", list),
             "volumes_from_masks": ("volumes_from_masks", list), "fixed": ("fixed", dict),
             "starts": ("starts", int), "max_nfev": ("max_nfev", int), "seed": ("fit_seed", int)},
@@ -78,7 +80,7 @@ def load_config(path) -> tuple:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
-    kw, title, rel = {}, None, {}
+    kw, title, rel, fwhm = {}, None, {}, {}
     for section, body in doc.items():
         if section in _ARRAYS:
             if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
@@ -109,6 +111,8 @@ def load_config(path) -> tuple:
                 title = value
             elif key.endswith("_calibration_uncertainty"):
                 rel[key.split("_")[0].upper()] = value
+            elif key.endswith("_fwhm_mm"):
+                fwhm[key.split("_")[0].upper()] = value
             elif key in ("masks", "mask_names") or (section, key) == ("reduce", "file"):
                 p = Path(value)
                 kw[name] = str(p if p.is_absolute() else path.parent / p)
@@ -127,6 +131,19 @@ def load_config(path) -> tuple:
                          f"`twin reduce` or remove the key to use the shipped reduction")
     if rel:
         kw["calibration_rel"] = rel
+    if fwhm:
+        kw["fwhm_mm"] = fwhm
+    if kw.get("pvc", "").lower() in ("none", "off", ""):
+        kw.pop("pvc", None)
+    elif kw["pvc"].lower() != "gtm":
+        raise InputError(f"{path}: [imaging] pvc must be \"gtm\" or \"none\", not "
+                         f"{kw['pvc']!r}")
+    else:
+        kw["pvc"] = "gtm"
+        if not fwhm:
+            raise InputError(f"{path}: [imaging] pvc = \"gtm\" needs pet_fwhm_mm and "
+                             f"spect_fwhm_mm (the reconstructed resolution, mm, measured on a "
+                             f"sphere phantom)")
     if "therapy" in kw:
         kw["therapy"] = kw["therapy"].lower()
     return PipelineConfig(**kw), title
