@@ -21,8 +21,13 @@ and the gradient ``J^T r`` must vanish (infinity norm below :data:`GRADIENT_TOL`
 FitError with the diagnostics.
 
 Noise model (``noise='model'``, or for rows whose sigma is not usable): sigma^2 = (c A)^2 + a^2
-per modality (:data:`NOISE`), evaluated at the observed activity A so the weights are fixed
-(a least-squares problem). With ``noise='observations'`` (default) each row's ``sigma_mbq`` is
+per modality (:data:`NOISE`). It is first evaluated at the observed activity A (fixed weights, a
+least-squares problem), then, by generalised least squares (iteratively reweighted: Carroll RJ,
+Ruppert D, Transformation and Weighting in Regression, Chapman & Hall 1988, sec. 2.1), at the
+activity predicted by the current optimum, refitting from there until no sigma changes by more
+than 0.1% (``reweight=False`` keeps the observed-value weights). Weights at the observed value
+favour observations that happen to be low (their sigma is smaller) and bias the fit downwards;
+at the prediction they do not depend on the noise of the row. With ``noise='observations'`` (default) each row's ``sigma_mbq`` is
 used.
 
 Imaging and therapy in one patient: the observations of each radiopharmaceutical are predicted
@@ -39,7 +44,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -431,41 +436,24 @@ def _starts(problem: Problem, n_starts: int, x0, seed: int) -> list[np.ndarray]:
     return starts
 
 
-def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk", *,
-        variant: str | None = None, personal=None, prior: Prior | None = None,
-        prior_overrides=None, fixed=None, noise: str = "observations", coupled: bool = False,
-        n_starts: int = 3, x0=None, seed: int = 0, max_nfev: int = 60,
-        settings=None, problem: Problem | None = None) -> Posterior:
-    """Personalise a model: MAP estimate and Laplace posterior of the personal parameters.
+COARSE_RTOL = 1e-6       # continuation: optimise at this solver rtol, then polish (fit())
+MAX_REWEIGHT_PASSES = 4  # noise='model': at most this many weighted fits (GLS iterations)
+REWEIGHT_RTOL = 1e-3     # stop reweighting when no sigma changes by more than this (relative)
 
-    Arguments as :func:`build_problem`, plus: ``n_starts`` optimiser starts (the first at
-    ``x0`` or the prior median, the others drawn from the prior); ``x0`` start values
-    ({name: value} or a vector, canonical units); ``seed`` of the random starts; ``max_nfev``
-    residual evaluations per start; ``problem`` a prebuilt :class:`Problem`.
-    Returns:
-        Posterior (MAP, log-space covariance, diagnostics: cost, chi2 of the data, gradient
-        norm, evaluations, time, per-start results, residuals per observation row).
-    Raises:
-        FitError (with ``diagnostics``) if no start converged.
-    """
+
+def _model_sigma(problem: Problem, activity_mbq) -> np.ndarray:
+    """Noise-model sigma (:data:`NOISE`) of each data row (segment order) at ``activity_mbq``."""
+    mods = problem.observations.modality[problem.rows]
+    a = np.clip(np.asarray(activity_mbq, dtype=np.float64), 0.0, None)
+    return np.array([NOISE[m].sigma(x) for m, x in zip(mods, a)], dtype=np.float64)
+
+
+def _run_starts(obj: "Objective", starts, lo, hi, max_nfev: int) -> list[dict]:
+    """scipy 'trf' from each start; one dict of diagnostics per start."""
     from scipy.optimize import least_squares
 
-    from pbpk_models.model import require_x64
-
-    require_x64("calibration.fit")
-    if problem is None:
-        problem = build_problem(observations, regimen, model, variant=variant, personal=personal,
-                                prior=prior, prior_overrides=prior_overrides, fixed=fixed,
-                                noise=noise, coupled=coupled, settings=settings)
-    if n_starts < 1:
-        raise InputError("n_starts must be at least 1")
-    obj = Objective(problem)
-    prior_ = problem.prior
-    lo = prior_.mean_log - BOUND_SD * prior_.sd_log
-    hi = prior_.mean_log + BOUND_SD * prior_.sd_log
-    t_start = time.perf_counter()
     runs = []
-    for k, th0 in enumerate(_starts(problem, n_starts, x0, seed)):
+    for k, th0 in enumerate(starts):
         th0 = np.clip(th0, lo + 1e-9, hi - 1e-9)
         t1 = time.perf_counter()
         try:
@@ -485,13 +473,94 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
                      "cost": 0.5 * float(r @ r), "theta": res.x.copy(), "nfev": int(res.nfev),
                      "njev": int(res.njev or 0), "ok": ok,
                      "grad_inf": float(np.max(np.abs(g[free]), initial=0.0)),
-                     "at_bound": [prior_.names[i] for i in np.flatnonzero(~free)],
+                     "at_bound": [obj.problem.prior.names[i] for i in np.flatnonzero(~free)],
                      "time_s": time.perf_counter() - t1})
+    return runs
+
+
+def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk", *,
+        variant: str | None = None, personal=None, prior: Prior | None = None,
+        prior_overrides=None, fixed=None, noise: str = "observations", coupled: bool = False,
+        n_starts: int = 3, x0=None, seed: int = 0, max_nfev: int = 60,
+        settings=None, problem: Problem | None = None, reweight: bool = True,
+        continuation: bool = True) -> Posterior:
+    """Personalise a model: MAP estimate and Laplace posterior of the personal parameters.
+
+    Arguments as :func:`build_problem`, plus: ``n_starts`` optimiser starts (the first at
+    ``x0`` or the prior median, the others drawn from the prior); ``x0`` start values
+    ({name: value} or a vector, canonical units); ``seed`` of the random starts; ``max_nfev``
+    residual evaluations per start; ``problem`` a prebuilt :class:`Problem`.
+    Returns:
+        Posterior (MAP, log-space covariance, diagnostics: cost, chi2 of the data, gradient
+        norm, evaluations, time, per-start results, residuals per observation row).
+    Raises:
+        FitError (with ``diagnostics``) if no start converged.
+
+    ``continuation``: optimise with the solver at rtol :data:`COARSE_RTOL` (about half the
+    cost per Jacobian), then polish the best optimum at the requested tolerance; MAP, cost,
+    gradient test and covariance are all from the requested tolerance.
+    ``reweight`` (noise='model' only): generalised least squares, sigma of each row from the
+    noise model at the *predicted* activity, refitted from the optimum until the weights settle
+    (at most :data:`MAX_REWEIGHT_PASSES` fits). Sigma at the observed activity (``reweight=
+    False``) gives low observations too much weight and biases the fit downwards.
+    """
+    from pbpk_models.model import require_x64
+
+    require_x64("calibration.fit")
+    if problem is None:
+        problem = build_problem(observations, regimen, model, variant=variant, personal=personal,
+                                prior=prior, prior_overrides=prior_overrides, fixed=fixed,
+                                noise=noise, coupled=coupled, settings=settings)
+    if n_starts < 1:
+        raise InputError("n_starts must be at least 1")
+    prior_ = problem.prior
+    lo = prior_.mean_log - BOUND_SD * prior_.sd_log
+    hi = prior_.mean_log + BOUND_SD * prior_.sd_log
+    t_start = time.perf_counter()
+    reweight = problem.noise == "model" and reweight
+    fine = problem.settings
+    coarse = replace(fine, rtol=COARSE_RTOL) if continuation and fine.rtol < COARSE_RTOL \
+        else None
+    obj = Objective(replace(problem, settings=coarse) if coarse else problem)
+    runs = _run_starts(obj, _starts(problem, n_starts, x0, seed), lo, hi, max_nfev)
+    passes = 1
+    n_eval = obj.n_evaluations
+    # generalised least squares (noise='model'): sigma from the noise model at the predicted,
+    # not the observed, activity; refit from the current optimum until the weights settle
+    while reweight and passes < MAX_REWEIGHT_PASSES:
+        ok_runs = [r for r in runs if r["ok"] and r["status"] > 0 and np.isfinite(r["cost"])]
+        if not ok_runs:
+            break
+        cur = min(ok_runs, key=lambda r: r["cost"])
+        sigma = _model_sigma(problem, obj.predict(cur["theta"]))
+        change = float(np.max(np.abs(sigma / problem.sigma - 1.0)))
+        if change < REWEIGHT_RTOL:
+            break
+        problem = replace(problem, sigma=sigma)
+        obj = Objective(replace(problem, settings=coarse) if coarse else problem)
+        runs = _run_starts(obj, [cur["theta"]], lo, hi, max_nfev)
+        passes += 1
+        n_eval += obj.n_evaluations
+    coarse_runs = None
+    if coarse is not None:
+        # polish the best coarse optimum at the requested tolerance (a few evaluations); the
+        # reported MAP, cost and gradient test are those of the fine solve
+        ok_runs = [r for r in runs if r["ok"] and r["status"] > 0 and np.isfinite(r["cost"])]
+        if ok_runs:
+            coarse_runs = runs
+            cur = min(ok_runs, key=lambda r: r["cost"])
+            obj = Objective(problem)
+            runs = _run_starts(obj, [cur["theta"]], lo, hi, max_nfev)
+            n_eval += obj.n_evaluations
     elapsed = time.perf_counter() - t_start
     good = [r for r in runs if r["ok"] and r["status"] > 0 and np.isfinite(r["cost"])]
     converged = [r for r in good if r["grad_inf"] < GRADIENT_TOL]
     summary = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
                for r in runs]
+    if coarse_runs is not None:
+        summary += [{"stage": f"coarse (rtol {COARSE_RTOL:g})",
+                     **{k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                        for k, v in r.items()}} for r in coarse_runs]
     if not converged:
         best = min(runs, key=lambda r: r["cost"])
         raise FitError(
@@ -505,8 +574,13 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
     cov = laplace_covariance(J)
     n = problem.n_obs
     chi2 = float(r[:n] @ r[:n])
-    costs = np.array([x["cost"] for x in converged])
-    same = int(np.sum(np.abs(costs - best["cost"]) <= 1e-6 * (1 + best["cost"])))
+    # multi-start agreement: over the starts (their coarse optima when polished)
+    starts_runs = coarse_runs if coarse_runs is not None else runs
+    conv_starts = [x for x in starts_runs if x["ok"] and x["status"] > 0
+                   and np.isfinite(x["cost"]) and x["grad_inf"] < GRADIENT_TOL]
+    costs = np.array([x["cost"] for x in conv_starts])
+    ref = min(costs, default=best["cost"])
+    same = max(int(np.sum(np.abs(costs - ref) <= 1e-6 * (1 + ref))), 1)
     rows = problem.rows
     residual_table = [{"row": int(rows[i]), "region": str(problem.observations.region[rows[i]]),
                        "time_h": float(problem.observations.time_h[rows[i]]),
@@ -518,8 +592,9 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
     diagnostics = {
         "converged": True, "cost": best["cost"], "chi2_data": chi2, "n_obs": n,
         "n_params": len(problem.names), "grad_inf": best["grad_inf"],
-        "n_starts": len(runs), "n_converged": len(converged), "n_at_best": same,
-        "evaluations": obj.n_evaluations, "time_s": elapsed, "noise": problem.noise,
+        "n_starts": len(starts_runs), "n_converged": max(len(conv_starts), 1),
+        "n_at_best": same,
+        "evaluations": n_eval, "reweight_passes": passes, "time_s": elapsed, "noise": problem.noise,
         "coupled": len(problem.segments) == 1 and len(problem.regimen.radiopharmaceuticals) > 1,
         "warnings": list(problem.warnings), "runs": summary, "residuals": residual_table,
     }

@@ -452,17 +452,61 @@ class PBPKRosenbrock:
         xb = zb - _unrolled_mv(E, xh)
         return jnp.concatenate([xb.ravel(), xh])
 
+    def block_matvec(self, flat, y):
+        """J y for a matrix J in block form (flat) and a padded vector y."""
+        import jax.numpy as jnp
+
+        A, B, C, D = self._split(flat)
+        st = self.struct
+        yb = y[:self.nbb].reshape(st.n_blocks, st.block_size)
+        yh = y[self.nbb:]
+        fb = _bmv(A, yb) + _unrolled_mv(B, yh)
+        fh = C.reshape(C.shape[0], -1) @ y[:self.nbb] + D @ yh
+        return jnp.concatenate([fb.ravel(), fh])
+
+    def _stage_solver(self):
+        """``lsolve(fac, Jflat, inv_hg, r) = (I inv_hg - J)^-1 r`` given the factorisation
+        ``fac`` of that matrix, with a custom JVP that reuses ``fac``:
+        ``dx = M^-1 (dr + dJ x - d(inv_hg) x)``. Without it, forward mode differentiates the
+        Gauss-Jordan factorisation itself once per tangent direction (``jacfwd`` over 7
+        parameters cost ~20 primal solves); with it a tangent costs one mat-vec and one
+        triangular-free block solve per stage. Primal values are unchanged."""
+        import jax
+
+        if getattr(self, "_lsolve", None) is not None:
+            return self._lsolve
+
+        @jax.custom_jvp
+        def lsolve(fac, Jflat, inv_hg, r):
+            return self.solve_linear(fac, r)
+
+        @lsolve.defjvp
+        def lsolve_jvp(primals, tangents):
+            fac, Jflat, inv_hg, r = primals
+            _, dJ, dinv, dr = tangents
+            x = self.solve_linear(fac, r)
+            rhs = dr + self.block_matvec(dJ, x) - dinv * x
+            return x, self.solve_linear(fac, rhs)
+
+        self._lsolve = lsolve
+        return lsolve
+
     # -- one step ----------------------------------------------------------------------------------
     def step(self, consts, t_ref, t, y, h):
         """One Rodas5P step of size h from (t, y): returns (dy, dq, err_y, err_q)."""
         import jax.numpy as jnp
+        from jax import lax
 
         Kflat, G, kon_v = consts
         tab = self.tab
         s = len(tab.c)
         inv_h = 1.0 / h
         hg = h * tab.gamma
-        fac = self.factor(self.jacobian_flat(Kflat, kon_v, y), 1.0 / hg)
+        Jflat = self.jacobian_flat(Kflat, kon_v, y)
+        inv_hg = 1.0 / hg
+        # the factorisation carries no derivative: tangents go through lsolve's custom JVP
+        fac = self.factor(lax.stop_gradient(Jflat), lax.stop_gradient(inv_hg))
+        lsolve = self._stage_solver()
         lam = jnp.asarray(self.decay, dtype=y.dtype)                 # (ncls,)
         w_n = jnp.exp(-lam * (t - t_ref))
         dw_n = -lam * w_n
@@ -476,7 +520,7 @@ class PBPKRosenbrock:
             for j in range(i):
                 if tab.C[i, j] != 0.0:
                     r = r + (tab.C[i, j] * inv_h) * ks[j]
-            k = self.solve_linear(fac, r)
+            k = lsolve(fac, Jflat, inv_hg, r)
             # quadrature recursion (one y-space vector per weight class)
             w_i = jnp.exp(-lam * (t + tab.c[i] * h - t_ref))
             v = w_i[:, None] * U[None] + w_n[:, None] * k[None]

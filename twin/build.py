@@ -70,6 +70,13 @@ class TwinPrediction:
     def tia(self) -> dict:
         return dict(zip(self.regions, map(float, self.tia_mbq_h)))
 
+    @property
+    def tia_median(self) -> np.ndarray:
+        """Posterior median of the TIA per region (MBq h), over the posterior draws: the point
+        estimate with the smallest expected absolute error (``tia_mbq_h`` is the TIA at the
+        MAP parameters; benchmarks/validate_calibration.py reports both)."""
+        return np.median(np.asarray(self.samples_tia_mbq_h), axis=0)
+
     def to_frame(self, doses: bool = False):
         """region, tia_mbq_h, tiac_h, tia_low, tia_high (one row per region); with
         ``doses=True`` also dose_gy, dose_low, dose_high, bed_gy, bed_low, bed_high."""

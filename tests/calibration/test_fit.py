@@ -197,3 +197,32 @@ def test_unknown_personal_parameter_and_noise():
         with pytest.raises(InputError, match="noise"):
             build_problem(obs, REGIMEN, noise="poisson")
     assert NOISE["SPECT"].sigma(100.0) > NOISE["SPECT"].sigma(10.0)
+
+
+def test_continuation_gives_the_same_map(posterior, observations):
+    """Optimising at rtol 1e-6 and polishing at 1e-8 (default) finds the optimum of the rtol
+    1e-8 objective, as a fit at rtol 1e-8 throughout does."""
+    assert any(str(r.get("stage", "")).startswith("coarse")
+               for r in posterior.diagnostics["runs"])
+    fine = fit(observations, REGIMEN, n_starts=1, x0=START, continuation=False)
+    np.testing.assert_allclose(posterior.theta_map, fine.theta_map, atol=2e-4)
+    assert posterior.diagnostics["cost"] <= fine.diagnostics["cost"] * (1 + 1e-7) + 1e-9
+    np.testing.assert_allclose(posterior.sd_log, fine.sd_log, rtol=1e-3)
+
+
+def test_noise_model_weights_at_the_prediction(observations):
+    """noise='model' (generalised least squares): at the returned optimum every row's sigma is
+    the noise model's sigma at the *predicted* activity (the fixed point of the reweighting);
+    reweight=False keeps the sigma at the observed activity."""
+    post = fit(observations, REGIMEN, n_starts=1, noise="model")
+    res = post.diagnostics["residuals"]
+    assert post.diagnostics["reweight_passes"] >= 2
+    for row in res:
+        mod = observations.modality[row["row"]]
+        want = NOISE[mod].sigma(row["predicted_mbq"])
+        assert row["sigma_mbq"] == pytest.approx(float(want), rel=2e-3)
+    post0 = fit(observations, REGIMEN, n_starts=1, noise="model", reweight=False)
+    for row in post0.diagnostics["residuals"]:
+        mod = observations.modality[row["row"]]
+        assert row["sigma_mbq"] == pytest.approx(float(NOISE[mod].sigma(row["observed_mbq"])),
+                                                 rel=1e-12)
