@@ -13,9 +13,12 @@ and Lea-Catcheside BED of every region with a mass (kidney BED with alpha/beta 2
   same grid, kidney BED by ``twin.dosimetry.radiobiology.bed`` on the sampled dose rate;
   timed on ``--n-scipy`` patients and extrapolated per patient.
 ``--big``: 100,000 virtual patients in one run (``--cycles superpose`` by default, one cycle
-solved and scaled, which is what ``twin trial`` uses); time and peak memory (ru_maxrss).
+solved and scaled, which is what ``twin trial`` uses), in chunks with a tqdm progress bar; time,
+peak memory (ru_maxrss) and the load average before/after; the scipy loop is skipped unless
+``--n-scipy`` is given; a short record goes to ``--record`` (default
+benchmarks/results/trials/big_100k.md) with the per-patient kidney BED quantiles in a CSV beside it.
 
-Usage: python benchmarks/bench_trials.py [--n 64] [--n-scipy 2] [--big]
+Usage: python benchmarks/bench_trials.py [--n 64] [--n-scipy 2] [--big [--population net]]
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def scipy_patient(model, p, a_mbq, n_cycles, interval_h, points, days=60.0):
     f, jac = model.vector_field_numpy(p)
     ik = model.regions.index("Kidney")
     m = _mass_function(model)(p[None, :])[0, ik]
-    s = u.gy_per_mbq_h(rn.energy_per_decay_mev("Lu-177"), m)
+    s = u.gy_per_mbq_h(rn.energy_per_decay_mev(model.radiopharmaceuticals[0].nuclide), m)
     y = np.zeros(model.n_states)
     kid = tissue("kidney")
     dose = bedsum = 0.0
@@ -72,54 +75,100 @@ def scipy_patient(model, p, a_mbq, n_cycles, interval_h, points, days=60.0):
     return dose, bedsum
 
 
+def _record(args, n, mode, started, load0, ours_s, compile_s, peak_gb, d):
+    """Write the --big run's record (markdown) and kidney BED / dose quantiles (CSV)."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from twin.atomic import write_csv_atomic, write_text_atomic
+
+    rec = Path(args.record)
+    q = [0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    tab = pd.DataFrame({"quantile": q, **{k: np.nanquantile(v[:, 0], q) for k, v in
+                                          d.as_dict().items()}})
+    write_csv_atomic(tab, rec.with_suffix(".csv"), index=False)
+    load1 = os.getloadavg()
+    write_text_atomic(rec, "\n".join([
+        f"# {n:,} virtual patients in one run ({args.population})", "",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- started {started}; n = {n}; population seed 1; {len(jax.devices())} JAX device(s); "
+        f"{os.cpu_count()} cores",
+        f"- workload: {d.n_cycles} cycles x 7.4 GBq every {args.interval_weeks:g} weeks, "
+        f"cycle mode {mode}, "
+        f"{args.points} grid points per cycle, chunks of {args.chunk}",
+        f"- wall time {ours_s * n:.0f} s = {1 / ours_s:.1f} patients/s (compile, first call "
+        f"{compile_s:.0f} s, not included); peak RSS {peak_gb:.2f} GB; all solves ok: "
+        f"{bool(d.ok.all())} ({int((~d.ok).sum())} failed)",
+        f"- load average (1, 5, 15 min) at start {load0[0]:.1f}, {load0[1]:.1f}, {load0[2]:.1f}; "
+        f"at end {load1[0]:.1f}, {load1[1]:.1f}, {load1[2]:.1f} (shared 2-core machine: "
+        f"other jobs were running, times are slower than idle)",
+        f"- kidney BED / dose quantiles over the patients: {rec.with_suffix('.csv').name}", ""]))
+
+
 def main():
     from twin.trials.engine import level_doses
     from twin.trials.populations import sample
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64, help="virtual patients (ours)")
-    ap.add_argument("--n-scipy", type=int, default=2, help="patients of the scipy loop")
+    ap.add_argument("--n-scipy", type=int, default=None,
+                    help="patients of the scipy loop (default 2; 0 with --big)")
+    ap.add_argument("--population", default="mcrpc", help="virtual population (mcrpc, net)")
+    ap.add_argument("--record", default="benchmarks/results/trials/big_100k.md",
+                    help="with --big: where to write the run's record (markdown)")
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--points", type=int, default=32, help="grid points per cycle")
     ap.add_argument("--cycles", choices=("full", "superpose"), default=None)
     ap.add_argument("--big", action="store_true", help="100,000 virtual patients in one run")
     args = ap.parse_args()
     n = 100_000 if args.big else args.n
+    if args.n_scipy is None:
+        args.n_scipy = 0 if args.big else 2
     mode = args.cycles or ("superpose" if args.big else "full")
+    load0 = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"CPU only, {len(jax.devices())} JAX device(s); jax {jax.__version__}")
-    pop = sample("mcrpc", n, seed=1)
-    warm = sample("mcrpc", min(args.chunk, n), seed=2)
+    activity = 7.4
+    pop = sample(args.population, n, seed=1)
+    warm = sample(args.population, min(args.chunk, n), seed=2)
     t = time.perf_counter()
-    level_doses(warm, [7.4], cycle_mode=mode, points_per_cycle=args.points,
+    level_doses(warm, [activity], cycle_mode=mode, points_per_cycle=args.points,
                 chunk_size=args.chunk, progress=False)
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    d = level_doses(pop, [7.4], cycle_mode=mode, points_per_cycle=args.points,
+    d = level_doses(pop, [activity], cycle_mode=mode, points_per_cycle=args.points,
                     chunk_size=args.chunk, progress=True)
     ours_s = (time.perf_counter() - t) / n
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"ours ({mode}, 6 cycles, {args.points} points/cycle): {n} patients in "
+    args.interval_weeks = pop.interval_weeks
+    print(f"ours ({mode}, {pop.n_cycles} cycles, {args.points} points/cycle): {n} patients in "
           f"{ours_s * n:.1f} s = {1 / ours_s:.1f} patients/s ({ours_s * 1e3:.1f} ms/patient); "
           f"first call incl. compile {compile_s:.1f} s; all ok: {bool(d.ok.all())}; "
           f"peak RSS {peak_gb:.2f} GB")
     print(f"  kidney BED median {np.median(d.kidney_bed_gy):.1f} Gy, 95th percentile "
           f"{np.percentile(d.kidney_bed_gy, 95):.1f} Gy; kidney dose per GBq median "
-          f"{np.median(d.kidney_dose_gy) / 44.4:.3f} Gy/GBq")
+          f"{np.median(d.kidney_dose_gy) / (activity * d.n_cycles):.3f} Gy/GBq")
+    if args.big:
+        _record(args, n, mode, started, load0, ours_s, compile_s, peak_gb, d)
     if args.n_scipy > 0:
         model, P = pop.model, pop.params
         t = time.perf_counter()
         errs = []
         for i in range(args.n_scipy):
-            dose, b = scipy_patient(model, P[i], 7400.0, 6, 6 * 7 * 24.0, args.points)
+            dose, b = scipy_patient(model, P[i], activity * 1000.0, pop.n_cycles,
+                                    pop.interval_weeks * 7 * 24.0, args.points)
             if mode == "full":
                 errs.append(max(abs(dose / d.kidney_dose_gy[i, 0] - 1),
                                 abs(b / d.kidney_bed_gy[i, 0] - 1)))
         sc_s = (time.perf_counter() - t) / args.n_scipy
         diff = f"; max relative kidney dose/BED difference to ours {max(errs):.1e}" if errs \
             else ""
-        print(f"scipy solve_ivp LSODA+jac loop (6 cycles, kidney BED): {sc_s * 1e3:.0f} "
-              f"ms/patient = {1 / sc_s:.2f} patients/s on {args.n_scipy} patients{diff}")
+        print(f"scipy solve_ivp LSODA+jac loop ({pop.n_cycles} cycles, kidney BED): "
+              f"{sc_s * 1e3:.0f} ms/patient = {1 / sc_s:.2f} patients/s on {args.n_scipy} "
+              f"patients{diff}")
         print(f"ratio scipy/ours (time per patient): {sc_s / ours_s:.1f}")
     if math.isfinite(ours_s):
         print(f"extrapolated: 100,000 patients x 5 levels in {5e5 * ours_s / 3600:.1f} h at "

@@ -10,6 +10,15 @@ x 6 against the dosimetry-guided arm.
 
 Writes benchmarks/results/trials/{oc_3p3.csv, oc_3p3.png, arms.csv, arms_patients.csv,
 arms.png} and prints the tables. Small default sizes (``--pool``, ``--n-trials``, ``--n-arms``).
+
+``--population net``: the same on the NET population (177Lu-DOTATATE, 4 cycles every 8 weeks;
+files suffixed ``_net``), plus the population's per-cycle organ doses against published
+177Lu-DOTATATE dosimetry (net_dosimetry_check.csv): kidney 0.38 +/- 0.19 Gy/GBq (EJNMMI Phys
+2018, doi:10.1186/s40658-018-0232-9), 0.43 +/- 0.13 (EJNMMI Res 2018,
+doi:10.1186/s13550-018-0459-4), 0.46 mean (Staanum 2021, EJNMMI Phys 8:78), 0.57 +/- 0.09 and
+spleen 1.17 +/- 0.14, liver 0.27 +/- 0.05, NETs 3.41 +/- 0.68 Gy/GBq (Clin Nucl Med 2013, 61
+patients); red marrow 0.42 +/- 0.27 Gy per cycle (population_radiobiology.md). A record
+(command, sizes, seed, date, load) goes to validate_<population>.md.
 """
 
 from __future__ import annotations
@@ -49,22 +58,29 @@ def main():
     ap.add_argument("--n-trials", type=int, default=2000)
     ap.add_argument("--n-arms", type=int, default=64, help="virtual patients per arm")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--population", default="mcrpc", choices=("mcrpc", "net"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/trials"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    pop_name = args.population
+    sfx = "" if pop_name == "mcrpc" else f"_{pop_name}"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load0 = os.getloadavg()
     t = time.perf_counter()
-    vt = virtual_trial("3+3", LEVELS, population="mcrpc", n_trials=args.n_trials,
+    vt = virtual_trial("3+3", LEVELS, population=pop_name, n_trials=args.n_trials,
                        seed=args.seed, pool_size=args.pool)
+    n_cyc, weeks = vt.population.n_cycles, vt.population.interval_weeks
     tab = vt.table
     sel, p_none = exact_3p3_selection(tab["true_p_dlt"].to_numpy())
     tab["p_select_exact_given_mean_p"] = sel
-    write_csv_atomic(tab, args.out / "oc_3p3.csv", index=False)
-    plot_operating_characteristics(tab, args.out / "oc_3p3.png",
-                                   f"3+3, mcrpc pool {args.pool}, {args.n_trials} trials")
+    write_csv_atomic(tab, args.out / f"oc_3p3{sfx}.csv", index=False)
+    plot_operating_characteristics(tab, args.out / f"oc_3p3{sfx}.png",
+                                   f"3+3, {pop_name} pool {args.pool}, {args.n_trials} trials, "
+                                   f"{n_cyc} cycles every {weeks:g} weeks")
     cols = ["level", "activity_gbq", "true_p_dlt", "p_select_mtd", "p_select_exact_given_mean_p",
             "mean_patients", "p_dlt_observed", "rate_over_kidney_bed_gy_40",
             "rate_over_redmarrow_dose_gy_2", "rate_response"]
-    print(f"3+3 on mcrpc (pool {args.pool}, {args.n_trials} trials, "
+    print(f"3+3 on {pop_name} (pool {args.pool}, {args.n_trials} trials, "
           f"{time.perf_counter() - t:.0f} s); P(no MTD) = {vt.results.summary()['p_no_mtd']:.3f}"
           f" (exact given mean p: {p_none:.3f})")
     print(tab[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -72,14 +88,63 @@ def main():
     print("pool: share of virtual patients over the kidney BED limit at each level: " + ", ".join(
         f"{a:g} GBq {pool.loc[pool.activity_gbq == a, 'over_kidney_bed_gy_40'].mean():.2f}"
         for a in LEVELS))
+    check = None
+    if pop_name == "net":
+        check = net_dosimetry_check(vt.doses, LEVELS)
+        write_csv_atomic(check, args.out / "net_dosimetry_check.csv", index=False)
+        print("\nnet population, per-cycle doses at 7.4 GBq against published 177Lu-DOTATATE "
+              "dosimetry:")
+        print(check.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     t = time.perf_counter()
-    summary, per = compare_arms("mcrpc", n=args.n_arms, seed=args.seed + 100)
-    write_csv_atomic(summary, args.out / "arms.csv", index=False)
-    write_csv_atomic(per, args.out / "arms_patients.csv", index=False)
-    plot_arms(per, args.out / "arms.png")
-    print(f"\nfixed 7.4 GBq x 6 vs dosimetry-guided ({args.n_arms} patients, "
+    summary, per = compare_arms(pop_name, n=args.n_arms, seed=args.seed + 100)
+    write_csv_atomic(summary, args.out / f"arms{sfx}.csv", index=False)
+    write_csv_atomic(per, args.out / f"arms_patients{sfx}.csv", index=False)
+    plot_arms(per, args.out / f"arms{sfx}.png", n_cycles=n_cyc)
+    print(f"\nfixed 7.4 GBq x {n_cyc} vs dosimetry-guided ({args.n_arms} patients, "
           f"{time.perf_counter() - t:.0f} s)")
     print(summary.T.to_string(header=False, float_format=lambda x: f"{x:.3f}"))
+    _record(args, pop_name, sfx, started, load0, n_cyc, weeks, check is not None)
+
+
+def net_dosimetry_check(doses, levels):
+    """Per-cycle organ doses of the pool at 7.4 GBq (Gy/GBq) against published values."""
+    import pandas as pd
+
+    j = list(levels).index(7.4)
+    ok = doses.ok[:, j]
+    per_cycle_gbq = 7.4 * doses.n_cycles
+    kid = doses.kidney_dose_gy[ok, j] / per_cycle_gbq
+    marrow = doses.marrow_dose_gy[ok, j] / doses.n_cycles
+    les = doses.lesion_dose_c1_gy[ok, j] / 7.4
+    return pd.DataFrame([
+        {"quantity": "kidney dose per GBq (Gy/GBq)", "twin_mean": kid.mean(),
+         "twin_sd": kid.std(ddof=1), "published": "0.38 +/- 0.19; 0.43 +/- 0.13; 0.46; "
+                                                  "0.57 +/- 0.09"},
+        {"quantity": "red marrow dose per cycle (Gy)", "twin_mean": marrow.mean(),
+         "twin_sd": marrow.std(ddof=1), "published": "0.42 +/- 0.27"},
+        {"quantity": "mean lesion dose per GBq, cycle 1 (Gy/GBq)", "twin_mean": les.mean(),
+         "twin_sd": les.std(ddof=1), "published": "NETs 3.41 +/- 0.68 (Clin Nucl Med 2013)"},
+    ])
+
+
+def _record(args, pop_name, sfx, started, load0, n_cyc, weeks, has_check):
+    import sys
+
+    from twin.atomic import write_text_atomic
+
+    load1 = os.getloadavg()
+    files = [f"oc_3p3{sfx}.csv", f"oc_3p3{sfx}.png", f"arms{sfx}.csv",
+             f"arms_patients{sfx}.csv", f"arms{sfx}.png"]
+    if has_check:
+        files.append("net_dosimetry_check.csv")
+    write_text_atomic(args.out / f"validate_{pop_name}.md", "\n".join([
+        f"# Virtual-trial validation on the {pop_name} population", "",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- started {started}; seed {args.seed}; 3+3 pool {args.pool} virtual patients x "
+        f"{len(LEVELS)} levels, {args.n_trials} trials; arms {args.n_arms} patients each; "
+        f"{n_cyc} cycles every {weeks:g} weeks",
+        f"- load average at start {load0[0]:.1f}, at end {load1[0]:.1f} (shared 2-core machine)",
+        f"- files: {', '.join(files)}", ""]))
 
 
 if __name__ == "__main__":

@@ -17,26 +17,29 @@ from pathlib import Path
 
 from twin.errors import InputError
 
-RADIOPHARMACEUTICAL_OF = {"mcrpc": "lu177-psma-617"}
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "trial", help="simulate a dose-escalation design (3+3, BOIN, CRM) many times",
         description="Run N virtual dose-escalation trials over activity levels (GBq per cycle, "
-                    "6 cycles every 6 weeks) either on given true DLT probabilities or on a "
-                    "virtual population whose DLTs follow from kidney and marrow NTCP of the "
-                    "simulated course BED/dose. Writes DIR/operating_characteristics.csv "
+                    "over the population's schedule: mcrpc 6 cycles every 6 weeks, net 4 every 8 "
+                    "weeks) either on given true DLT probabilities or on a virtual population "
+                    "whose DLTs follow from kidney and marrow NTCP of the simulated course "
+                    "BED/dose. Populations: mcrpc (177Lu-PSMA-617, model psma-pbrpk) and net "
+                    "(neuroendocrine tumours, 177Lu-DOTATATE, model sstr). Writes "
+                    "DIR/operating_characteristics.csv "
                     "(level, activity_gbq, p_select_mtd, mean_patients, p_dlt_observed, ...), "
                     "summary.json and a PNG.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--design", required=True, help="3+3, boin or crm")
-    p.add_argument("--radiopharmaceutical", default="lu177-psma-617",
-                   help="therapy radiopharmaceutical (the population's model must use it)")
+    p.add_argument("--radiopharmaceutical", default=None,
+                   help="therapy radiopharmaceutical: lu177-psma-617 (mcrpc) or lu177-dotatate "
+                        "(net); default: the population's")
     p.add_argument("--levels-gbq", required=True,
                    help="increasing activity levels per cycle, GBq, comma-separated")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--population", help="virtual population name (mcrpc)")
+    g.add_argument("--population", help="virtual population name: mcrpc or net")
     g.add_argument("--dlt-probabilities",
                    help="true DLT probability of each level, comma-separated, in [0, 1]")
     p.add_argument("--n-trials", type=int, default=1000, help="number of simulated trials")
@@ -50,7 +53,8 @@ def register(sub) -> None:
     p.add_argument("--pool-size", type=int, default=200,
                    help="virtual patients simulated at every level (trials draw from them)")
     p.add_argument("--cycles", choices=("superpose", "full"), default="superpose",
-                   help="superpose: one cycle simulated x 6; full: all 6 cycles in one solve")
+                   help="superpose: one cycle simulated and multiplied by the number of cycles; "
+                        "full: all cycles in one solve")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,6 +82,11 @@ def run(args) -> int:
         raise InputError(f"unknown design {args.design!r}; choose one of {', '.join(DESIGNS)}")
     from pbpk_models.radionuclides import parse_radiopharmaceutical
 
+    from twin.trials.populations import MODEL_OF, radiopharmaceutical_of
+
+    if args.radiopharmaceutical is None:
+        args.radiopharmaceutical = (radiopharmaceutical_of(args.population)
+                                    if args.population is not None else "lu177-psma-617")
     parse_radiopharmaceutical(args.radiopharmaceutical)  # InputError for an unknown name
     levels = check_levels(parse_floats(args.levels_gbq, "--levels-gbq"))
     probs = None
@@ -90,11 +99,11 @@ def run(args) -> int:
         raise InputError(f"--pool-size must be at least 1, got {args.pool_size}")
     if args.population is not None:
         pop = args.population.lower()
-        if pop not in RADIOPHARMACEUTICAL_OF:
+        if pop not in MODEL_OF:
             raise InputError(f"unknown population {args.population!r}; known: "
-                             f"{', '.join(RADIOPHARMACEUTICAL_OF)}")
-        if RADIOPHARMACEUTICAL_OF[pop] != args.radiopharmaceutical.lower():
-            raise InputError(f"population {pop} is treated with {RADIOPHARMACEUTICAL_OF[pop]}, "
+                             f"{', '.join(MODEL_OF)}")
+        if radiopharmaceutical_of(pop) != args.radiopharmaceutical.lower():
+            raise InputError(f"population {pop} is treated with {radiopharmaceutical_of(pop)}, "
                              f"not {args.radiopharmaceutical}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -114,12 +123,15 @@ def run(args) -> int:
     if vt.pool is not None:
         summary.update({"population": args.population.lower(),
                         "population_version": vt.population.version,
-                        "pool_size": args.pool_size, "cycles": 6, "cycle_mode": args.cycles})
+                        "pool_size": args.pool_size, "cycles": vt.population.n_cycles,
+                        "interval_weeks": vt.population.interval_weeks,
+                        "cycle_mode": args.cycles})
         write_csv_atomic(vt.pool, out / "pool.csv", index=False)
         write_csv_atomic(vt.population.covariates, out / "population.csv", index=False)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    source = args.population.lower() if probs is None else "given DLT rates"
     plot_operating_characteristics(vt.table, out / "operating_characteristics.png",
-                                   f"{design}, {args.n_trials} trials")
+                                   f"{design}, {source}, {args.n_trials} trials")
     cols = ["level", "activity_gbq", "p_select_mtd", "mean_patients", "p_dlt_observed",
             "true_p_dlt"]
     print(vt.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))

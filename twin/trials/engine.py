@@ -176,15 +176,21 @@ def nmol_per_cycle(model, activity_mbq):
     return hot, np.maximum(total - hot, 0.0)
 
 
-def level_doses(population, activities_gbq, *, n_cycles: int = N_CYCLES,
-                interval_weeks: float = INTERVAL_WEEKS, cycle_mode: str = "superpose",
+def level_doses(population, activities_gbq, *, n_cycles: int | None = None,
+                interval_weeks: float | None = None, cycle_mode: str = "superpose",
                 points_per_cycle: int = POINTS_PER_CYCLE, chunk_size: int = 64,
                 progress: bool = True, sharding: bool = True) -> LevelDoses:
     """Course doses of every patient of ``population`` at every activity per cycle.
 
     ``activities_gbq``: (L,) levels shared by all patients, or (n, L) per patient (e.g. the
-    dosimetry-guided arm, L = 1). Raises ModelError if every solve fails.
+    dosimetry-guided arm, L = 1). ``n_cycles`` and ``interval_weeks`` default to the
+    population's schedule (mcrpc: 6 every 6 weeks; net: 4 every 8 weeks). Raises ModelError if
+    every solve fails.
     """
+    if n_cycles is None:
+        n_cycles = int(getattr(population, "n_cycles", N_CYCLES))
+    if interval_weeks is None:
+        interval_weeks = float(getattr(population, "interval_weeks", INTERVAL_WEEKS))
     if cycle_mode not in ("superpose", "full"):
         raise InputError(f"cycle_mode must be 'superpose' or 'full', not {cycle_mode!r}")
     if not isinstance(n_cycles, int) or n_cycles < 1:

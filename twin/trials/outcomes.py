@@ -19,6 +19,12 @@ Efficacy:
 - ``lesion_response``: responder if the cycle-1 mean lesion absorbed dose exceeds 7.5 Gy
   (177Lu-PSMA-617: mean lesion dose > 7.5 Gy in cycle 1 went with a median PSA change of -70%
   against +5%, 65-patient study listed in population_radiobiology.md, authors unverified);
+- ``net_lesion_response`` (default of the ``net`` population): logistic in the cycle-1 mean
+  lesion absorbed dose with the odds ratio 1.5 per 50 Gy of Alipour R et al. (EJNMMI
+  2023;50:2997, 90 GEP-NEN patients treated with 177Lu-DOTATATE: RECIST partial response 24%,
+  lesion doses 2-77 Gy per cycle). The intercept is **assumed**: P = 0.24 (the cohort's partial
+  response rate) at 39.5 Gy, the middle of the reported dose range (the cohort's median dose
+  was not read). Returns a probability, so the response rates are expected values;
 - ``tcp(alpha_per_gy, clonogens_per_ml)``: Poisson LQ TCP of a uniform lesion
   (``twin.dosimetry.radiobiology.tcp_poisson``'s formula, vectorised) on the course's lesion
   dose (lesion BED needs a repair half-time the checked references do not give); no default
@@ -30,6 +36,7 @@ Limits for "patients over the limit" (``twin.planning.default_limits``): kidney 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,6 +47,9 @@ from twin.errors import InputError
 MARROW_TD50_GY = 3.0   # assumed (see the module docstring)
 MARROW_M = 0.26        # assumed: TD50 (1 - 1.2816 m) = 2 Gy -> NTCP(2 Gy) = 10%
 RESPONSE_THRESHOLD_GY = 7.5  # cycle-1 mean lesion dose (population_radiobiology.md)
+NET_RESPONSE_OR_PER_50GY = 1.5   # Alipour R et al., EJNMMI 2023;50:2997 (checked)
+NET_RESPONSE_RATE = 0.24         # RECIST 1.1 partial response in the same cohort (checked)
+NET_RESPONSE_REF_GY = 39.5       # assumed: middle of the reported 2-77 Gy per cycle
 
 
 def kidney_ntcp(doses: dict) -> np.ndarray:
@@ -66,6 +76,14 @@ def dlt_probability(doses: dict) -> np.ndarray:
 def lesion_response(doses: dict, threshold_gy: float = RESPONSE_THRESHOLD_GY) -> np.ndarray:
     """1 if the cycle-1 mean lesion dose exceeds ``threshold_gy``, else 0."""
     return (np.asarray(doses["lesion_dose_c1_gy"]) > threshold_gy).astype(np.float64)
+
+
+def net_lesion_response(doses: dict) -> np.ndarray:
+    """P(response) = logistic(logit 0.24 + ln(1.5)/50 Gy x (D_cycle1 - 39.5 Gy)) (docstring)."""
+    d = np.asarray(doses["lesion_dose_c1_gy"], dtype=np.float64)
+    x = (math.log(NET_RESPONSE_RATE / (1 - NET_RESPONSE_RATE))
+         + math.log(NET_RESPONSE_OR_PER_50GY) / 50.0 * (d - NET_RESPONSE_REF_GY))
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def tcp(alpha_per_gy: float, clonogens_per_ml: float, key: str = "lesion_dose_gy",
@@ -114,3 +132,11 @@ class OutcomeModel:
         if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
             raise InputError("the toxicity model must return probabilities in [0, 1]")
         return {"p_dlt": p, "response": r, **over_limits(doses, self.limits)}
+
+
+def default_outcome_model(population: str | None = None) -> OutcomeModel:
+    """The default outcomes of a population: DLT from kidney and marrow NTCP for all; response
+    by the 7.5 Gy cycle-1 threshold (mcrpc) or the NET dose-response logistic (net)."""
+    if population is not None and str(population).lower() == "net":
+        return OutcomeModel(efficacy=net_lesion_response)
+    return OutcomeModel()

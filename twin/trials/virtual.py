@@ -6,16 +6,17 @@
 their patients from that pool with replacement (:class:`twin.trials.designs.OutcomeStream`).
 With ``dlt_probabilities`` the design runs on the given true rates instead (no solve).
 
-:func:`compare_arms`: fixed activity (default 7.4 GBq x 6, VISION) against a dosimetry-guided
+:func:`compare_arms`: fixed activity (default 7.4 GBq per cycle over the population's schedule: x 6
+every 6 weeks for mcrpc (VISION), x 4 every 8 weeks for net (NETTER-1)) against a dosimetry-guided
 arm in which every virtual patient receives the largest activity per cycle in [lo, hi] (the
 planner's bounds, ``twin.planning.PlanSettings().activity_gbq``, 3.7-11.1 GBq) for which the
 planning limits (``twin.planning.default_limits()``: kidney BED 40 Gy, red-marrow dose 2 Gy) hold
-over the 6-cycle course. The per-patient activity is found as the planner's surrogate does
-(per-cycle dose and BED interpolated piecewise linearly in activity between simulated levels,
-with 0 at 0; the largest feasible activity on a fine grid), vectorised over all patients, and
-then verified by a second batched solve at the chosen activities; this is the planner's method
-with perfect knowledge of each virtual patient's parameters (an oracle twin), not
-``twin.planning.Planner`` itself (a posterior per patient would cost a fit per virtual patient).
+over the course. The per-patient activity is found as the planner's surrogate does (per-cycle dose
+and BED interpolated piecewise linearly in activity between simulated levels, with 0 at 0; the
+largest feasible activity on a fine grid), vectorised over all patients, and then verified by a
+second batched solve at the chosen activities; this is the planner's method with perfect knowledge
+of each virtual patient's parameters (an oracle twin), not ``twin.planning.Planner`` itself (a
+posterior per patient would cost a fit per virtual patient).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from twin.errors import InputError
 
 from .designs import OutcomeStream, max_patients_needed, run_design
 from .engine import level_doses
-from .outcomes import OutcomeModel
+from .outcomes import OutcomeModel, default_outcome_model
 from .populations import sample
 
 
@@ -94,7 +95,7 @@ def virtual_trial(design: str, levels_gbq, *, population: str | None = None,
             warnings.warn(f"{(~ok).sum()} virtual patients failed to solve and are left out",
                           stacklevel=2)
         d = {k: v[ok] for k, v in doses.as_dict().items()}
-        ev = (outcome_model or OutcomeModel()).evaluate(d)
+        ev = (outcome_model or default_outcome_model(population)).evaluate(d)
         p = ev.pop("p_dlt")
         extra = ev
         rows = []
@@ -154,7 +155,7 @@ def compare_arms(population: str = "mcrpc", n: int = 64, seed: int = 1,
 
     levels = check_levels(levels_gbq)
     pop = sample(population, n, seed)
-    om = outcome_model or OutcomeModel()
+    om = outcome_model or default_outcome_model(population)
     at_levels = level_doses(pop, levels, progress=progress, chunk_size=chunk_size)
     act, feasible = guided_activities(at_levels, levels)
     fixed = level_doses(pop, [fixed_gbq], progress=progress, chunk_size=chunk_size)
@@ -210,8 +211,8 @@ def plot_operating_characteristics(table, path, title: str = ""):
     _save(fig, path)
 
 
-def plot_arms(per_patient, path, limit_gy: float = 40.0):
-    """Kidney BED and lesion dose per patient in both arms (PNG)."""
+def plot_arms(per_patient, path, limit_gy: float = 40.0, n_cycles: int | None = None):
+    """Kidney BED and lesion dose per patient in both arms over the course (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,8 +220,9 @@ def plot_arms(per_patient, path, limit_gy: float = 40.0):
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     arms = list(dict.fromkeys(per_patient["arm"]))
-    for k, key, lab in ((0, "kidney_bed_gy", "kidney BED, 6 cycles (Gy)"),
-                        (1, "lesion_dose_gy", "mean lesion dose, 6 cycles (Gy)")):
+    course = f"{n_cycles} cycles" if n_cycles else "course"
+    for k, key, lab in ((0, "kidney_bed_gy", f"kidney BED, {course} (Gy)"),
+                        (1, "lesion_dose_gy", f"mean lesion dose, {course} (Gy)")):
         ax[k].boxplot([per_patient.loc[per_patient.arm == a, key] for a in arms])
         ax[k].set_xticks(range(1, len(arms) + 1), arms)
         ax[k].set_ylabel(lab)

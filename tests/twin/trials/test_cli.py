@@ -57,3 +57,42 @@ def test_cohort_bad_input(tmp_path, capsys):
     assert rc != 0 and "does not exist" in err and not (tmp_path / "o").exists()
     rc = main(["cohort", str(tmp_path), "--out", str(tmp_path / "o"), "--scheduler", "nowhere"])
     assert rc != 0 and "tcp://" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trial_on_the_net_population(tmp_path, capsys):
+    """``twin trial --population net --radiopharmaceutical lu177-dotatate``: a small pool; the
+    population's kidney dose per GBq lies in the published 177Lu-DOTATATE range (means 0.38 to
+    0.57 Gy/GBq in four cohorts, clinical_reference.md) and the schedule is NETTER-1's."""
+    import json
+
+    out = tmp_path / "net"
+    rc = main(["trial", "--design", "3+3", "--radiopharmaceutical", "lu177-dotatate",
+               "--levels-gbq", "5.55,7.4", "--population", "net", "--pool-size", "12",
+               "--n-trials", "40", "--seed", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    t = pd.read_csv(out / "operating_characteristics.csv")
+    assert t.activity_gbq.tolist() == [5.55, 7.4]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["population"] == "net" and summary["cycles"] == 4
+    assert summary["interval_weeks"] == 8.0
+    assert summary["radiopharmaceutical"] == "lu177-dotatate"
+    pool = pd.read_csv(out / "pool.csv")
+    at = pool[pool.activity_gbq == 7.4]
+    gy_per_gbq = at.kidney_dose_gy / (7.4 * 4)
+    assert 0.3 < gy_per_gbq.mean() < 0.7
+    assert 0.1 < gy_per_gbq.std() / gy_per_gbq.mean() < 0.6
+    # the NET response model gives probabilities, not 0/1 (logistic, Alipour 2023)
+    assert ((at.response > 0) & (at.response < 1)).all()
+    cov = pd.read_csv(out / "population.csv")
+    assert set(cov.sex) <= {"M", "F"} and len(cov) == 12
+
+
+def test_trial_population_radiopharmaceutical_mismatch(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["trial", "--design", "3+3", "--radiopharmaceutical", "lu177-psma-617",
+               "--levels-gbq", "3.7,7.4", "--population", "net", "--n-trials", "10",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "lu177-dotatate" in err and "Traceback" not in err
+    assert not out.exists()

@@ -88,3 +88,64 @@ def test_guided_activities_linear_doses():
     assert np.allclose(act[ok], expect[ok], atol=2e-4)
     assert ok.tolist() == [True, True, True, False]     # 12 x 3.7 = 44 > 40 Gy
     assert act[3] == 3.7
+
+
+def test_net_population_reproducible_and_documented_distributions():
+    """net v1: the sampled moments are the cited ones (NETTER-1 schedule, Spink 2024 kidney
+    T_eff, Jimenez-Franco 2021 tumour receptor density, ICRP 89 body sizes, 40/61 men)."""
+    from pbpk_models import radionuclides as rn
+    from twin.trials.populations import SCHEDULE, radiopharmaceutical_of
+
+    a, b = sample("net", 40, seed=3), sample("net", 40, seed=3)
+    assert np.array_equal(a.params, b.params) and a.covariates.equals(b.covariates)
+    assert not np.array_equal(a.params, sample("NET", 40, seed=4).params)
+    assert (a.name, a.version, a.radiopharmaceutical) == ("net", "1", "lu177-dotatate")
+    assert (a.n_cycles, a.interval_weeks) == SCHEDULE["net"] == (4, 8.0)
+    assert radiopharmaceutical_of("net") == "lu177-dotatate"
+    assert radiopharmaceutical_of("mcrpc") == "lu177-psma-617"
+
+    n = 8000
+    pop = sample("net", n, seed=11)
+    cov = pop.covariates
+    names = list(pop.model.parameter_names)
+    col = {k: pop.params[:, names.index(k)] for k in names}
+    male = (cov.sex == "M").to_numpy()
+    p = 40 / 61
+    assert male.mean() == pytest.approx(p, abs=3.5 * math.sqrt(p * (1 - p) / n))
+    assert cov.weight_kg[male].mean() == pytest.approx(73.0, rel=0.015)
+    assert cov.weight_kg[~male].mean() == pytest.approx(60.0, rel=0.015)
+    assert cov.age_y.mean() == pytest.approx(62.0, abs=0.5)
+    # kidney effective half-life 56 +/- 13 h; release = ln2/T_eff - ln2/T_phys (177Lu)
+    assert cov.kidney_teff_h.mean() == pytest.approx(56.0, rel=0.01)
+    assert cov.kidney_teff_h.std() == pytest.approx(13.0, rel=0.05)
+    lam = rn.decay_constant_per_h("Lu-177")
+    assert np.allclose(col["lambdaRel_KidneyTrap"], math.log(2) / cov.kidney_teff_h - lam,
+                       rtol=1e-12)
+    assert np.allclose(col["f_exc"], 1 - cov.reabsorbed_fraction, rtol=1e-12)
+    # tumour receptor density 34 +/- 20 nmol/L, lesions correlated 0.5 on the log scale
+    for k in ("Rden_Tumor1", "Rden_Tumor2", "Rden_TumorRest"):
+        assert col[k].mean() == pytest.approx(0.034, rel=0.03)
+        assert col[k].std() == pytest.approx(0.020, rel=0.07)
+    r = np.corrcoef(np.log(col["Rden_Tumor1"]), np.log(col["Rden_Tumor2"]))[0, 1]
+    assert r == pytest.approx(0.5, abs=0.03)
+    # spleen receptor CV from the spleen dose CV 0.14/1.17 (derived)
+    assert col["Rden_Spleen"].std() / col["Rden_Spleen"].mean() == pytest.approx(0.14 / 1.17,
+                                                                                  rel=0.06)
+    assert np.allclose(cov.bsa_m2, du_bois_bsa(cov.weight_kg, cov.height_cm))
+    assert np.corrcoef(np.log(cov.gfr_ml_min), np.log(cov.kidney_volume_ml))[0, 1] > 0.4
+    # the sources of every variable are recorded
+    assert any("Spink" in v for v in pop.sources.values())
+    assert any("Jimenez-Franco" in v for v in pop.sources.values())
+
+
+def test_net_response_model():
+    """Alipour 2023: odds ratio 1.5 per 50 Gy of cycle-1 lesion dose; P = 0.24 at 39.5 Gy."""
+    d = np.array([0.0, 39.5, 50.0, 89.5, 100.0])
+    p = O.net_lesion_response({"lesion_dose_c1_gy": d})
+    odds = p / (1 - p)
+    assert p[1] == pytest.approx(0.24, rel=1e-12)
+    assert odds[3] / odds[1] == pytest.approx(1.5, rel=1e-12)
+    assert odds[4] / odds[2] == pytest.approx(1.5, rel=1e-12)
+    assert np.all(np.diff(p) > 0)
+    assert O.default_outcome_model("net").efficacy is O.net_lesion_response
+    assert O.default_outcome_model("mcrpc").efficacy is O.lesion_response
