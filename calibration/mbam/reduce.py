@@ -300,7 +300,8 @@ def meaning_text(limit, effects) -> str:
     return f"{text}: {' | '.join(parts)}" if parts else text
 
 
-def _step_record_affine(limit, red, geo, worst, new_names, err, labels, k, dt) -> dict:
+def _limit_record(limit, red, worst, new_names, err, labels) -> dict:
+    """The part of a step's record shared by both engines: the limit, its meaning and result."""
     i = int(np.argmax(err)) if len(err) else 0
     return {
         "limit": limit.describe(), "kind": limit.kind, "parameters": list(limit.names),
@@ -311,25 +312,24 @@ def _step_record_affine(limit, red, geo, worst, new_names, err, labels, k, dt) -
                            "expression": red.new_parameter[2]}),
         "parameters_left": list(new_names), "n_parameters_left": len(new_names),
         "worst_error": worst, "worst_prediction": labels[i] if len(err) else "",
-        "geodesic": {"reason": geo["reason"], "steps": int(geo["n_steps"]), "direction": k,
-                     "sigma_min_rel_end": float(geo["sigma"][-1]),
-                     "theta_end": geo["u"][-1].tolist()},
-        "time_s": dt,
     }
+
+
+def _step_record_affine(limit, red, geo, worst, new_names, err, labels, k, dt) -> dict:
+    rec = _limit_record(limit, red, worst, new_names, err, labels)
+    rec["geodesic"] = {"reason": geo["reason"], "steps": int(geo["n_steps"]), "direction": k,
+                       "sigma_min_rel_end": float(geo["sigma"][-1]),
+                       "theta_end": geo["u"][-1].tolist()}
+    rec["time_s"] = dt
+    return rec
 
 
 def _step_record(limit, red, geo, worst, new_names, err, labels) -> dict:
-    i = int(np.argmax(err)) if len(err) else 0
-    return {
-        "limit": limit.describe(), "kind": limit.kind, "parameters": list(limit.names),
-        "directions": list(limit.directions), "meaning": meaning(limit, red),
-        "method": red.method, "effects": list(red.effects),
-        "new_parameter": (None if red.new_parameter is None else
-                          {"name": red.new_parameter[0], "value": red.new_parameter[1],
-                           "expression": red.new_parameter[2]}),
-        "parameters_left": list(new_names), "n_parameters_left": len(new_names),
-        "worst_error": worst, "worst_prediction": labels[i] if len(err) else "",
-        "geodesic": {"reason": geo.reason, "steps": geo.n_steps,
-                     "sigma_min_end": float(geo.sigma_min[-1]) if len(geo.sigma_min) else None,
-                     "theta_end": geo.theta[-1].tolist()},
-    }
+    rec = _limit_record(limit, red, worst, new_names, err, labels)
+    rec["geodesic"] = {"reason": geo.reason, "steps": geo.n_steps,
+                       "sigma_min_end": (float(geo.sigma_min[-1]) if len(geo.sigma_min)
+                                         else None),
+                       "theta_end": geo.theta[-1].tolist()}
+    return rec
+
+
