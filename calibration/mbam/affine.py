@@ -32,7 +32,7 @@ import time
 import numpy as np
 import sympy as sp
 
-from calibration.mbam.geometry import Limit, dominant_set
+from calibration.mbam.geometry import Limit, cached_least_squares_fns, dominant_set
 from pbpk_models.errors import InputError, ModelError
 
 LIMIT_FACTOR = 100.0          # finite-distance limit beyond the geodesic's end (as limits.py)
@@ -225,21 +225,13 @@ def refit_affine(geom: FullGeometry, A, b, u0, target, max_nfev: int = 12):
     if A.shape[1] == 0:
         r, _ = geom.rj(b)
         return u0, r
-    cache = {}
 
-    def ev(u):
-        key = u.tobytes()
-        if key not in cache:
-            r, Jf = geom.rj(A @ u + b)
-            res, J = r - target, Jf @ A
-            if not np.all(np.isfinite(res)):
-                res = np.full_like(res, 1e6)
-                J = np.where(np.isfinite(J), J, 0.0)
-            cache.clear()
-            cache[key] = (res, J)
-        return cache[key]
+    def rj(u):
+        r, Jf = geom.rj(A @ u + b)
+        return r, Jf @ A
 
-    res = least_squares(lambda x: ev(x)[0], u0, jac=lambda x: ev(x)[1], method="trf",
+    fun, jac = cached_least_squares_fns(rj, target)
+    res = least_squares(fun, u0, jac=jac, method="trf",
                         x_scale="jac", max_nfev=max_nfev, xtol=1e-8, ftol=1e-8, gtol=1e-8)
     r, _ = geom.rj(A @ res.x + b)
     return res.x, r

@@ -321,3 +321,24 @@ def identify_limit(geo: Geodesic, names, stable_steps: int = 3, merge_tol: float
     d2 = tuple(int(np.sign(v[i])) for i in order)
     kind = "ratio" if d2[0] == d2[1] else "product"
     return Limit(kind, tuple(names[i] for i in order), d2)
+
+
+def cached_least_squares_fns(rj, target):
+    """(residual, jacobian) callables for ``scipy.optimize.least_squares`` that share one
+    evaluation of ``rj(x) -> (r, J)`` per point; residuals ``r - target``. A non-finite residual
+    (a failed solve) becomes a large finite one, so the optimiser steps back instead of stopping."""
+    cache = {}
+
+    def ev(x):
+        key = x.tobytes()
+        if key not in cache:
+            r, J = rj(x)
+            res, J = np.asarray(r) - target, np.asarray(J)
+            if not np.all(np.isfinite(res)):
+                res = np.full_like(res, 1e6)
+                J = np.where(np.isfinite(J), J, 0.0)
+            cache.clear()
+            cache[key] = (res, J)
+        return cache[key]
+
+    return (lambda x: ev(x)[0]), (lambda x: ev(x)[1])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from calibration.mbam.geometry import geodesic, identify_limit
+from calibration.mbam.geometry import cached_least_squares_fns, geodesic, identify_limit
 from calibration.mbam.limits import apply_limit
 from calibration.mbam.predictions import Protocol, prediction_map
 from pbpk_models.errors import InputError, ModelError
@@ -99,22 +99,10 @@ def refit(spec, protocol, names, start: dict, reference, max_nfev: int = 50):
         pred = np.asarray(jax.jit(pm.predict)(jnp.zeros(0)))
         return {}, pred
     fn = jax.jit(lambda th: (pm.r(th), jax.jacfwd(pm.r)(th)))
-    cache = {}
-
-    def ev(th):
-        key = th.tobytes()
-        if key not in cache:
-            r, J = fn(jnp.asarray(th))
-            r, J = np.asarray(r) - target, np.asarray(J)
-            if not np.all(np.isfinite(r)):
-                r = np.full_like(r, 1e6)
-                J = np.where(np.isfinite(J), J, 0.0)
-            cache.clear()
-            cache[key] = (r, J)
-        return cache[key]
+    fun, jac = cached_least_squares_fns(lambda th: fn(jnp.asarray(th)), target)
 
     th0 = np.asarray(pm.theta0, float)
-    res = least_squares(lambda t: ev(t)[0], th0, jac=lambda t: ev(t)[1], method="trf",
+    res = least_squares(fun, th0, jac=jac, method="trf",
                         x_scale="jac", max_nfev=max_nfev, xtol=1e-10, ftol=1e-10, gtol=1e-10)
     theta = res.x
     pred = np.asarray(jax.jit(pm.predict)(jnp.asarray(theta)))
