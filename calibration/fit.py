@@ -98,6 +98,9 @@ class _Segment:
     region_index: np.ndarray
     mbq_per_nmol: np.ndarray
     rows: np.ndarray       # indices into the Observations
+    # (rows, model regions) 0/1: an observed region is the sum of these model regions (one 1
+    # per row unless the region is a group, e.g. the imaged remainder of the body)
+    region_weights: np.ndarray = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +128,7 @@ class Problem:
     noise: str = "observations"
     settings: object = None
     warnings: tuple = field(default=())
+    region_groups: dict = field(default_factory=dict)
 
     @property
     def names(self) -> tuple:
@@ -170,7 +174,7 @@ def _resolve_model(model, variant):
 def build_problem(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk", *,
                   variant: str | None = None, personal=None, prior: Prior | None = None,
                   prior_overrides=None, fixed=None, noise: str = "observations",
-                  coupled: bool = False, settings=None) -> Problem:
+                  coupled: bool = False, settings=None, region_groups=None) -> Problem:
     """Check the inputs and set up a fit (no compilation yet).
 
     Args:
@@ -185,6 +189,12 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
             e.g. ``{'V_Kidney': 290.0}`` from CT.
         noise: 'observations' (each row's sigma_mbq) or 'model' (:data:`NOISE`).
         coupled: solve all administrations together (see the module docstring).
+        region_groups: {observed region: (model region, ...)}: the observation is the sum of
+            these model regions' activities. For the imaged remainder of the body (the body
+            outside the segmented organs), which holds every model region without a mask of its
+            own (blood, muscle, adipose, skin, GI, rest), e.g. ``{'Rest': ('Rest', 'Art',
+            'Vein', 'Muscle', 'Adipose', 'Skin', 'GI')}``. A group takes precedence over a
+            model region of the same name.
     Raises:
         InputError with what to change. Warns (UserWarning) when there are fewer data points
         than personal parameters or different ligands are given close together.
@@ -231,10 +241,12 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
         raise InputError(f"{where}: radiopharmaceutical(s) {', '.join(unknown_rp)} are not in the "
                          f"regimen ({', '.join(given)}); add the administration to the regimen")
     regions = spec.regions
-    bad_regions = sorted(set(obs.region) - set(regions))
+    summed = _check_region_groups(region_groups, regions)
+    bad_regions = sorted(set(obs.region) - set(regions) - set(summed))
     if bad_regions:
         raise InputError(f"{where}: unknown region(s) {', '.join(bad_regions)} for {model_name}; "
-                         f"the model's regions are {', '.join(regions)}")
+                         f"the model's regions are {', '.join(regions)}"
+                         + (f" (groups: {', '.join(summed)})" if summed else ""))
     if noise == "model":
         bad = sorted(set(obs.modality) - set(NOISE))
         if bad:
@@ -289,8 +301,10 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
             m, len(at), (at, hot, cold, ts, np.float64(t_end)),
             np.array([names.index(obs.radiopharmaceutical[i]) for i in rows], np.int32),
             np.searchsorted(ts, t_abs[rows]).astype(np.int32),
-            np.array([m.regions.index(obs.region[i]) for i in rows], np.int32),
-            np.asarray(m.mbq_per_nmol, np.float64), rows))
+            np.array([m.regions.index(summed.get(obs.region[i], (obs.region[i],))[0])
+                      for i in rows], np.int32),
+            np.asarray(m.mbq_per_nmol, np.float64), rows,
+            _region_weights([obs.region[i] for i in rows], m.regions, summed)))
         ys.append(obs.activity_mbq[rows])
         if noise == "model":
             sigmas.append(np.array([NOISE[obs.modality[i]].sigma(obs.activity_mbq[i])
@@ -305,7 +319,38 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
     units = tuple(spec.parameter(n).unit for n in prior.names)
     return Problem(model_name, variant, spec, regimen, obs, prior, base, idx, units, fixed,
                    tuple(segments), np.concatenate(ys), np.concatenate(sigmas),
-                   np.concatenate(rows_all), noise, settings, tuple(msgs))
+                   np.concatenate(rows_all), noise, settings, tuple(msgs), summed)
+
+
+def _check_region_groups(region_groups, regions) -> dict:
+    """{observed region: tuple of model regions}, checked against the model's regions."""
+    if not region_groups:
+        return {}
+    if not isinstance(region_groups, dict):
+        raise InputError("region_groups must map an observed region to a list of model regions, "
+                         "e.g. {'Rest': ['Rest', 'Muscle', 'Adipose']}")
+    out = {}
+    for name, members in region_groups.items():
+        members = (members,) if isinstance(members, str) else tuple(members)
+        if not members:
+            raise InputError(f"region group {name!r} has no model regions")
+        unknown = sorted(set(members) - set(regions))
+        if unknown:
+            raise InputError(f"region group {name!r}: unknown model region(s) "
+                             f"{', '.join(unknown)}; the model's regions are {', '.join(regions)}")
+        if len(set(members)) != len(members):
+            raise InputError(f"region group {name!r} names a model region twice")
+        out[str(name)] = tuple(str(m) for m in members)
+    return out
+
+
+def _region_weights(observed, model_regions, groups) -> np.ndarray:
+    """(rows, model regions) 0/1 matrix: which model regions each observed region sums."""
+    w = np.zeros((len(observed), len(model_regions)))
+    for k, name in enumerate(observed):
+        for member in groups.get(name, (name,)):
+            w[k, model_regions.index(member)] = 1.0
+    return w
 
 
 # -- the compiled residual --------------------------------------------------------------------
@@ -320,9 +365,11 @@ def _problem_data(problem: Problem) -> dict:
         "base": jnp.asarray(problem.base_params),
         "y": jnp.asarray(problem.y), "sigma": jnp.asarray(problem.sigma),
         "mu": jnp.asarray(problem.prior.mean_log), "W": jnp.asarray(problem.prior.whitening()),
+        "rtol": jnp.asarray(problem.settings.rtol, jnp.float64),
         "segments": [
             {"arrays": tuple(jnp.asarray(a) for a in s.arrays), "rp": jnp.asarray(s.rp_index),
              "ts": jnp.asarray(s.ts_index), "reg": jnp.asarray(s.region_index),
+             "rw": jnp.asarray(s.region_weights),
              "mbq": jnp.asarray(s.mbq_per_nmol)} for s in problem.segments],
     }
 
@@ -334,19 +381,26 @@ def _compiled(problem: Problem):
 
     from pbpk_models.simulate import solve_core
 
+    settings = problem.settings
+    # Rosenbrock takes rtol as data: the coarse and fine passes of the continuation share one
+    # compiled function (a psma-pbrpk compile costs ~10 s on 2 cores)
+    traced_rtol = settings.method == "rosenbrock"
+    if traced_rtol:
+        settings = replace(settings, rtol=0.0)
     key = (tuple((s.model, s.n_admin) for s in problem.segments),
-           tuple(int(i) for i in problem.personal_index), problem.settings)
+           tuple(int(i) for i in problem.personal_index), settings)
     if key in _COMPILED:
         return _COMPILED[key]
-    cores = [solve_core(s.model, s.n_admin, problem.settings) for s in problem.segments]
+    cores = [solve_core(s.model, s.n_admin, settings) for s in problem.segments]
     idx = np.asarray(problem.personal_index)
 
     def residual(theta, data):
         p = data["base"].at[idx].set(jnp.exp(theta))
         preds, ok = [], jnp.array(True)
         for core, seg in zip(cores, data["segments"]):
-            out = core(p, *seg["arrays"])
-            amt = out["amounts"][seg["ts"], seg["rp"], seg["reg"]]
+            out = core(p, *seg["arrays"], rtol=data["rtol"] if traced_rtol else None)
+            # each observed region: the sum of its model regions (one, or a group)
+            amt = jnp.sum(out["amounts"][seg["ts"], seg["rp"], :] * seg["rw"], axis=-1)
             preds.append(amt * seg["mbq"][seg["rp"]])
             ok = ok & out["ok"]
         pred = jnp.concatenate(preds)
@@ -483,7 +537,7 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
         prior_overrides=None, fixed=None, noise: str = "observations", coupled: bool = False,
         n_starts: int = 3, x0=None, seed: int = 0, max_nfev: int = 60,
         settings=None, problem: Problem | None = None, reweight: bool = True,
-        continuation: bool = True) -> Posterior:
+        continuation: bool = True, region_groups=None) -> Posterior:
     """Personalise a model: MAP estimate and Laplace posterior of the personal parameters.
 
     Arguments as :func:`build_problem`, plus: ``n_starts`` optimiser starts (the first at
@@ -510,7 +564,8 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
     if problem is None:
         problem = build_problem(observations, regimen, model, variant=variant, personal=personal,
                                 prior=prior, prior_overrides=prior_overrides, fixed=fixed,
-                                noise=noise, coupled=coupled, settings=settings)
+                                noise=noise, coupled=coupled, settings=settings,
+                                region_groups=region_groups)
     if n_starts < 1:
         raise InputError("n_starts must be at least 1")
     prior_ = problem.prior
@@ -597,6 +652,7 @@ def fit(observations: Observations, regimen: Regimen, model: str = "psma-pbrpk",
         "evaluations": n_eval, "reweight_passes": passes, "time_s": elapsed, "noise": problem.noise,
         "coupled": len(problem.segments) == 1 and len(problem.regimen.radiopharmaceuticals) > 1,
         "warnings": list(problem.warnings), "runs": summary, "residuals": residual_table,
+        "region_groups": {k: list(v) for k, v in problem.region_groups.items()},
     }
     if n > len(problem.names) and chi2 > 3.0 * max(n, 1) + 10:
         msg = (f"the model fits the data poorly (chi-square {chi2:.3g} for {n} points); check "

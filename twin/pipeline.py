@@ -98,6 +98,11 @@ class PipelineConfig:
             geometric transfer matrix, :mod:`twin.imaging.pvc`) with the scanners' resolution
             {'PET': mm, 'SPECT': mm}; ``None``: no correction.
         fit_scans: 'pet+first-spect' or 'all'.
+        remainder: the observed region that is the body outside the segmented regions (the
+            demo's and the built-in masks' 'Rest'); it is fitted as the sum of every model
+            region without an observed region of its own (blood pools, muscle, adipose, skin,
+            GI, ...), as the image holds their activity. None or '': fitted as the model region
+            of that name alone.
         personal: parameters to fit (default: the model's personal parameters).
         volumes_from_masks: regions whose model volume V_<region> is set from the masks.
         fixed: {parameter: value} other patient parameters (canonical units).
@@ -125,6 +130,7 @@ class PipelineConfig:
     pvc: str | None = None
     fwhm_mm: dict | None = None
     fit_scans: str = "pet+first-spect"
+    remainder: str | None = "Rest"
     personal: tuple | None = None
     volumes_from_masks: tuple = VOLUME_REGIONS
     fixed: dict = field(default_factory=dict)
@@ -226,6 +232,17 @@ def regimen_from_study(study, config: PipelineConfig):
         admins.append(Administration((inj.time - t0).total_seconds() / 3600.0, rp,
                                      inj.activity_mbq, float(nmol)))
     return Regimen(tuple(admins))
+
+
+def remainder_group(remainder: str | None, observed_regions, model_regions) -> dict:
+    """{remainder: model regions it holds}: the model regions without an observed region of
+    their own (and the model region of the remainder's name); {} when there is no remainder
+    or it is not observed."""
+    observed = {str(r) for r in observed_regions}
+    if not remainder or remainder not in observed:
+        return {}
+    members = tuple(r for r in model_regions if r == remainder or r not in observed)
+    return {remainder: members} if members else {}
 
 
 def _fit_rows(obs_df: pd.DataFrame, regions, fit_scans: str) -> np.ndarray:
@@ -534,7 +551,8 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     # -- 2. calibrate
     progress.stage("calibrate", "calibrating the twin on the PET and the first SPECT"
                    if config.fit_scans == "pet+first-spect" else "calibrating the twin")
-    use = _fit_rows(obs_df, spec.regions, config.fit_scans)
+    groups = remainder_group(config.remainder, obs_df["region"], spec.regions)
+    use = _fit_rows(obs_df, tuple(spec.regions) + tuple(groups), config.fit_scans)
     if not use.any():
         raise InputError(f"no observation of a {spec.name} region to fit; map the contour names "
                          f"to model regions ([regions] in the config); the model's regions are "
@@ -547,7 +565,7 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     observations = Observations.from_dataframe(obs_df[use].reset_index(drop=True),
                                                source="observations.csv")
     problem = build_problem(observations, regimen, config.model, variant=config.variant,
-                            personal=config.personal, fixed=fixed)
+                            personal=config.personal, fixed=fixed, region_groups=groups)
     post = fit(observations, regimen, config.model, n_starts=config.starts,
                seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
     write_twin(out / "twin.json", post, regimen)

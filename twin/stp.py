@@ -314,7 +314,8 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         # point of the twin prior
         warnings.filterwarnings("ignore", message=".*data point\\(s\\) for .* personal")
         post = fit(observations, regimen, twin.model_name, variant=twin.variant,
-                   prior=twin.as_prior(), fixed=dict(twin.fixed), n_starts=n_starts, seed=seed)
+                   prior=twin.as_prior(), fixed=dict(twin.fixed), n_starts=n_starts, seed=seed,
+                   region_groups=twin.diagnostics.get("region_groups") or None)
     pred = simulate_twin(post, regimen, days=days, n_samples=n_samples, level=level, seed=seed,
                          radiopharmaceutical=rp, settings=settings or POPULATION_SETTINGS)
     idx = [pred.regions.index(r) for r in regions]

@@ -117,14 +117,15 @@ class Geodesic:
     notes: list = field(default_factory=list)
 
 
-def initial_velocity(r, theta0, k: int = 0, flip: bool = False, accel=None):
+def initial_velocity(r, theta0, k: int = 0, flip: bool = False, accel=None, jac=None):
     """Unit right singular vector of J with the (k+1)-th smallest singular value, with the sign
     that makes the geodesic accelerate (v . a > 0; a(v) = a(-v) since A_vv is quadratic).
     Returns (v0, eigenvalues of J^T J)."""
     import jax
     import jax.numpy as jnp
 
-    J = np.asarray(jax.jit(lambda th: jacobian(r, th))(jnp.asarray(theta0)))
+    jac = jac or jax.jit(lambda th: jacobian(r, th))
+    J = np.asarray(jac(jnp.asarray(theta0)))
     _, S, Vt = np.linalg.svd(J, full_matrices=False)
     n = Vt.shape[0]
     if k >= n:
@@ -161,8 +162,10 @@ def geodesic(r, theta0, *, k: int = 0, flip: bool = False, rtol: float = 1e-3,
     # diffeqsolve around the stiff solve took 2.5 min to compile for psma-pbrpk (2 cores),
     # the callback version compiles only the geometry (same numbers).
     accel = jax.jit(lambda th, v: geodesic_acceleration(r, th, v, constant_speed))
-    sing = jax.jit(lambda th: jnp.linalg.svd(jacobian(r, th), compute_uv=False))
-    v0, ev0 = initial_velocity(r, theta0, k, flip, accel=accel)
+    # one compiled Jacobian for the start direction and the stop test (tracing the forward
+    # mode of the stiff solve is most of a small model's reduction time)
+    jac = jax.jit(lambda th: jacobian(r, th))
+    v0, ev0 = initial_velocity(r, theta0, k, flip, accel=accel, jac=jac)
     v0 = jnp.asarray(v0)
     speed0 = float(jnp.linalg.norm(v0))
     shape = jax.ShapeDtypeStruct(theta0.shape, theta0.dtype)
@@ -172,7 +175,8 @@ def geodesic(r, theta0, *, k: int = 0, flip: bool = False, rtol: float = 1e-3,
         return np.asarray(accel(jnp.asarray(th), jnp.asarray(v))[0], dtype=np.float64)
 
     def _sing_host(th):
-        return np.asarray(sing(jnp.asarray(th)), dtype=np.float64)
+        return np.linalg.svd(np.asarray(jac(jnp.asarray(th)), dtype=np.float64),
+                             compute_uv=False)
 
     def field_(t, y, args):
         th, v = y

@@ -226,3 +226,50 @@ def test_noise_model_weights_at_the_prediction(observations):
         mod = observations.modality[row["row"]]
         assert row["sigma_mbq"] == pytest.approx(float(NOISE[mod].sigma(row["observed_mbq"])),
                                                  rel=1e-12)
+
+
+# -- region groups: an observed region that is the sum of model regions -------------------------
+
+def test_region_group_is_the_sum_of_its_model_regions():
+    """The imaged remainder of the body holds every model region without a mask of its own: the
+    group's prediction (the fit's compiled Rosenbrock residual) equals the sum of its members in
+    an independent simulation (pbpk_models.simulate, default Kvaerno5 solver)."""
+    from pbpk_models.simulate import simulate
+
+    members = ("Rest", "Muscle", "Adipose", "Skin", "Art", "Vein")
+    obs = _obs([("Rest", 1.0, 10.0, 1.0, "PET", PET), ("Kidney", 1.0, 5.0, 0.5, "PET", PET)])
+    prob = build_problem(obs, REGIMEN, region_groups={"Rest": members})
+    theta = prob.prior.mean_log
+    pred = Objective(prob).predict(theta)
+    values = dict(zip(prob.names, np.exp(theta)))
+    res = simulate(prob.spec.with_values(values), Regimen(REGIMEN.administrations[:1]),
+                   times_h=np.array([0.0, 1.0]), days=1.0 / 24.0)
+    frame = res.to_frame(PET)
+    at1 = frame[np.isclose(frame["time_h"], 1.0)].set_index("region")["activity_mbq"]
+    assert pred[0] == pytest.approx(sum(at1[m] for m in members), rel=1e-4)
+    assert pred[1] == pytest.approx(at1["Kidney"], rel=1e-4)
+    assert pred[0] > 1.5 * at1["Rest"]  # the group is not the model's Rest alone
+
+
+def test_region_group_bad_input():
+    obs = _obs([("Rest", 1.0, 10.0, 1.0, "PET", PET)])
+    with pytest.raises(InputError, match="unknown model region.*Pancreas"):
+        build_problem(obs, REGIMEN, region_groups={"Rest": ["Rest", "Pancreas"]})
+    with pytest.raises(InputError, match="twice"):
+        build_problem(obs, REGIMEN, region_groups={"Rest": ["Rest", "Rest"]})
+    with pytest.raises(InputError, match="no model regions"):
+        build_problem(obs, REGIMEN, region_groups={"Rest": []})
+    # a group name that is not a model region is a region the observations may use
+    prob = build_problem(_obs([("Remainder", 1.0, 10.0, 1.0, "PET", PET)]), REGIMEN,
+                         region_groups={"Remainder": ["Rest", "Muscle"]})
+    assert prob.segments[0].region_weights.sum() == 2
+
+
+def test_pipeline_remainder_group():
+    from twin.pipeline import remainder_group
+
+    model = ("Art", "Vein", "Kidney", "Liver", "Muscle", "Rest")
+    assert remainder_group("Rest", ["Kidney", "Liver", "Rest"], model) == \
+        {"Rest": ("Art", "Vein", "Muscle", "Rest")}
+    assert remainder_group("Rest", ["Kidney"], model) == {}     # not observed: no group
+    assert remainder_group(None, ["Kidney", "Rest"], model) == {}

@@ -10,7 +10,7 @@ import pytest
 from pbpk_models import radionuclides as rn
 from pbpk_models import units as u
 from pbpk_models.regimen import Regimen
-from pbpk_models.simulate import simulate
+from pbpk_models.simulate import POPULATION_SETTINGS, simulate
 from twin.cli.demo import CLINICAL_RANGES_GY_PER_GBQ
 
 
@@ -39,7 +39,10 @@ def test_imaging_twin_shares_physiology(psma_corrected):
     regimen = Regimen.from_frame(__import__("pandas").DataFrame({
         "time_h": [0.0, 168.0], "radiopharmaceutical": ["ga68-psma-11", "lu177-psma-617"],
         "activity_mbq": [150.0, 7400.0], "ligand_nmol": [3.0, None]}))
-    res = simulate(psma_corrected, regimen, times_h=[1.0, 192.0], days=30)
+    # the population solver (Rosenbrock; checked against scipy Radau in test_rosenbrock.py):
+    # this test is about physiology, and Kvaerno5's compile of the two-ligand model is slow
+    res = simulate(psma_corrected, regimen, times_h=[1.0, 192.0], days=30,
+                   settings=POPULATION_SETTINGS)
     assert res.radiopharmaceuticals == ("ga68-psma-11", "lu177-psma-617")
     pet_kidney = res.activity("Kidney", "ga68-psma-11")[0]
     assert 0 < pet_kidney < 150.0

@@ -47,7 +47,22 @@ def register(sub) -> None:
     p.add_argument("--max-nfev", type=int, default=60, help="evaluations per start")
     p.add_argument("--coupled", action="store_true",
                    help="solve imaging and therapy administrations together (ligand competition)")
+    p.add_argument("--region-group", action="append", default=[], metavar="OBS=REGION+REGION...",
+                   help="an observed region that is the sum of model regions, e.g. the imaged "
+                        "remainder of the body: Rest=Rest+Art+Vein+Muscle+Adipose+Skin+GI")
     p.set_defaults(func=run)
+
+
+def parse_region_groups(items) -> dict:
+    """{observed region: [model regions]} from --region-group OBS=A+B+C items."""
+    out = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        members = [m.strip() for m in rest.split("+") if m.strip()]
+        if not sep or not name.strip() or not members:
+            raise InputError(f"--region-group takes OBS=REGION+REGION..., got {item!r}")
+        out[name.strip()] = members
+    return out
 
 
 def _parse_priors(spec, items) -> dict:
@@ -100,7 +115,8 @@ def run(args) -> int:
     post = fit(observations, regimen, args.model, variant=args.variant, personal=personal,
                prior=prior, prior_overrides=overrides or None, fixed=fixed, noise=args.noise,
                coupled=args.coupled, n_starts=args.starts, seed=args.seed,
-               max_nfev=args.max_nfev)
+               max_nfev=args.max_nfev,
+               region_groups=parse_region_groups(args.region_group) or None)
     write_text_atomic(args.out, dumps_twin(post, regimen), inputs=inputs)
     d = post.diagnostics
     print(format_identifiability(post.identifiability()))

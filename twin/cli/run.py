@@ -25,6 +25,7 @@ _SCHEMA = {
                 "pvc": ("pvc", str), "pet_fwhm_mm": (None, float),
                 "spect_fwhm_mm": (None, float)},
     "fit": {"scans": ("fit_scans", str), "personal": ("personal", list),
+            "remainder": ("remainder", str),
             "volumes_from_masks": ("volumes_from_masks", list), "fixed": ("fixed", dict),
             "starts": ("starts", int), "max_nfev": ("max_nfev", int), "seed": ("fit_seed", int)},
     "prediction": {"samples": ("samples", int), "seed": ("sample_seed", int),
