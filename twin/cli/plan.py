@@ -39,6 +39,13 @@ def add_common(p, *, plan: bool = True) -> None:
                         "for its BED); repeatable")
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of cumulative BED/dose per organ against cycle with the limits")
+    p.add_argument("--lesion-response", default=None, metavar="MODEL",
+                   help="optional lesion response between cycles (receptor loss lowers the "
+                        "lesion dose per GBq of later cycles; docs/planning.md): a preset "
+                        "'roth2022-g1' / 'roth2022-g2' (177Lu-DOTATATE, tumour dose -6%% / -14%% "
+                        "per cycle, Roth et al. J Nucl Med 2022;63:399), 'per-cycle:rate=R', or "
+                        "'lq:alpha_gy=A,clearance_half_time_h=H[,doubling_time_h=T]' (your own "
+                        "parameters; no cited default exists). Default: none (cycles identical)")
 
 
 def register(sub) -> None:
@@ -95,6 +102,12 @@ def settings_from(args, **extra):
     return s
 
 
+def lesion_response_from(args):
+    from twin.planning.response import parse_lesion_response
+
+    return parse_lesion_response(getattr(args, "lesion_response", None))
+
+
 def limits_from(args, risk_factors=False):
     from twin.planning import default_limits, parse_limit
 
@@ -135,11 +148,15 @@ def run(args) -> int:
         raise InputError(f"--start-h {args.start_h:g} h is in the past (before time 0)")
     limits = limits_from(args, args.risk_factors)
     settings = settings_from(args, max_cycles=args.max_cycles)
+    response = lesion_response_from(args)
     posterior, twin_regimen = read_twin(args.twin)
+    extra = {} if response is None else {"lesion_response": response}
     plan = plan_twin(posterior, limits, settings, twin_regimen=twin_regimen,
                      start_h=args.start_h, max_cycles=args.max_cycles,
-                     repair_half_time_h=parse_repair(args.repair) or None)
+                     repair_half_time_h=parse_repair(args.repair) or None, **extra)
     write_outputs(plan, args, [args.twin])
+    if response is not None:
+        print(f"lesion response: {response.describe()}")
     if plan.n_fixed:
         print(f"kept the twin's {plan.n_fixed} delivered cycle(s) as the first rows")
     return 0

@@ -53,7 +53,8 @@ def run(args) -> int:
     from calibration import Observations, read_twin
     from calibration.twinfile import write_twin
     from pbpk_models.regimen import Regimen
-    from twin.cli.plan import limits_from, parse_repair, settings_from, write_outputs
+    from twin.cli.plan import (lesion_response_from, limits_from, parse_repair, settings_from,
+                               write_outputs)
     from twin.planning import replan
 
     if args.starts < 1 or args.max_nfev < 1:
@@ -63,6 +64,8 @@ def run(args) -> int:
             raise InputError(f"{f} does not exist")
     limits = limits_from(args)
     settings = settings_from(args)
+    response = lesion_response_from(args)
+    extra = {} if response is None else {"lesion_response": response}
     posterior, _ = read_twin(args.twin)
     obs = Observations.from_csv(args.observations)
     delivered = Regimen.from_csv(args.delivered)
@@ -70,10 +73,12 @@ def run(args) -> int:
                             n_delivered=args.delivered_cycles, max_cycles=args.max_cycles,
                             next_h=args.next_h,
                             fit_kw={"n_starts": args.starts, "max_nfev": args.max_nfev},
-                            repair_half_time_h=parse_repair(args.repair) or None)
+                            repair_half_time_h=parse_repair(args.repair) or None, **extra)
     inputs = [args.twin, args.observations, args.delivered]
     if args.twin_out is not None:
         write_twin(args.twin_out, new_post, Regimen(plan.regimen.administrations[:plan.n_fixed]))
     write_outputs(plan, args, inputs)
     print(f"delivered cycles kept: {plan.n_fixed}")
+    if response is not None:
+        print(f"lesion response: {response.describe()}")
     return 0

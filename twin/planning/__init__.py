@@ -8,7 +8,10 @@ Public API:
   with new observations and re-optimise the remaining cycles);
 - :func:`interval_table` (what-if: per cycle and cumulative TIA, dose, BED with credible
   intervals); :func:`plot_cumulative` (cumulative BED/dose per organ against cycle with the limits);
-- :func:`posterior_from_prior` (a twin without data: the population prior as posterior).
+- :func:`posterior_from_prior` (a twin without data: the population prior as posterior);
+- :func:`parse_lesion_response`, :class:`PerCycleDecrease`, :class:`LQRegression`,
+  :data:`LESION_RESPONSE_PRESETS` (optional lesion response between cycles:
+  ``Planner(..., lesion_response=...)``, ``--lesion-response``; twin.planning.response).
 See docs/planning.md.
 """
 
@@ -27,3 +30,7 @@ from .replan import replan as replan
 from .replan import therapy_schedule as therapy_schedule
 from .report import interval_table as interval_table
 from .report import plot_cumulative as plot_cumulative
+from .response import PRESETS as LESION_RESPONSE_PRESETS
+from .response import LQRegression as LQRegression
+from .response import PerCycleDecrease as PerCycleDecrease
+from .response import parse_lesion_response as parse_lesion_response

@@ -179,7 +179,8 @@ class Planner:
 
     def __init__(self, posterior, settings: PlanSettings | None = None, *,
                  radiopharmaceutical: str | None = None, lesions=None, tissues=None,
-                 alpha_beta_gy=None, repair_half_time_h=None, solver_settings=None):
+                 alpha_beta_gy=None, repair_half_time_h=None, solver_settings=None,
+                 lesion_response=None):
         from calibration import model_spec
         from pbpk_models.model import compile_model, require_x64
         from pbpk_models.radionuclides import parse_radiopharmaceutical
@@ -212,6 +213,20 @@ class Planner:
         s = self.settings
         self.P = patient_params(self.model, posterior, s.n_samples, s.seed)
         self._surrogate = None
+        # optional lesion response between cycles (twin.planning.response); None: unchanged
+        from .response import lesion_parameter_index, parse_lesion_response
+
+        self.lesion_response = parse_lesion_response(lesion_response)
+        if self.lesion_response is not None:
+            self._les_cols = np.array([self.regions.index(r) for r in self.lesions])
+            self._rden_idx, self._v_idx = lesion_parameter_index(self.model.parameter_names,
+                                                                 self.lesions)
+            rp_src = self.lesion_response.radiopharmaceutical
+            if rp_src is not None and rp_src != self.rp:
+                import warnings
+
+                warnings.warn(f"lesion response {self.lesion_response.describe()} was measured "
+                              f"for {rp_src}, not {self.rp}", stacklevel=2)
 
     # -- dosimetry -----------------------------------------------------------------------
     def regimen(self, activities_mbq, times_h, ligands_nmol=None):
@@ -230,7 +245,36 @@ class Planner:
         return Regimen(tuple(admins))
 
     def what_if(self, regimen, P=None):
-        """OrganDoses of a regimen: row 0 the MAP, rows 1.. posterior samples."""
+        """OrganDoses of a regimen: row 0 the MAP, rows 1.. posterior samples (with a lesion
+        response: cycle by cycle, :meth:`response_what_if`)."""
+        if self.lesion_response is not None:
+            adm = [a for a in regimen.administrations
+                   if a.radiopharmaceutical.lower() == self.rp]
+            return self.response_what_if([a.activity_mbq for a in adm], [a.time_h for a in adm],
+                                         [a.ligand_nmol for a in adm], P)[0]
+        return self._organ_doses(regimen, P)
+
+    def response_what_if(self, activities_mbq, times_h, ligands_nmol=None, P=None):
+        """(OrganDoses, states): every cycle simulated alone with the lesion parameters of its
+        response state (``twin.planning.response.run_cycles``)."""
+        from .response import run_cycles
+
+        order = np.argsort(np.asarray(times_h, float), kind="stable")
+        acts = np.asarray(activities_mbq, float)[order]
+        times = np.asarray(times_h, float)[order]
+        ligs = np.full(acts.shape, np.nan)  # missing/NaN: the typical amount (regimen())
+        if ligands_nmol is not None:
+            given = np.asarray(ligands_nmol, float)[:len(acts)]
+            ligs[:len(given)] = given
+        ligs = ligs[order]
+
+        def one(a, lig, Pk):
+            return self._organ_doses(self.regimen([a], [0.0], [lig]), Pk)
+
+        return run_cycles(one, self.P if P is None else P, acts, times, ligs,
+                          self.lesion_response, self._les_cols, self._rden_idx, self._v_idx)
+
+    def _organ_doses(self, regimen, P=None):
         from twin.dosimetry.organ import organ_doses
 
         return organ_doses(self.model, regimen, self.P if P is None else P,
@@ -249,6 +293,8 @@ class Planner:
         n = len(activities_mbq)
         if n > n_total:
             raise InputError("more cycles than the padded length")
+        if self.lesion_response is not None:  # cycles simulated one by one: no padding needed
+            return self.response_what_if(activities_mbq, times_h, ligands_nmol)[0]
         acts = np.concatenate([activities_mbq, np.zeros(n_total - n)])
         times = np.concatenate([times_h, np.asarray(extra_times_h, float)[:n_total - n]])
         d = self.what_if(self.regimen(acts, times, ligands_nmol))
@@ -309,6 +355,16 @@ class Planner:
         return self._surrogate
 
     # -- optimisation -------------------------------------------------------------------
+    def _response_objective(self, pc, mj, state0, n_max, interval_h):
+        """Cumulative lesion metric of n = 1..n_max new cycles on the activity grid with the
+        lesion response: (N, G, rows, L)."""
+        from .response import search_factors
+
+        d, b = pc["dose_gy"][:, :, mj], pc["bed_gy"][:, :, mj]
+        g = search_factors(self.lesion_response, state0, d, b, n_max, interval_h)
+        per = g * d if self.lesion_metric == "dose_gy" else g * d + g ** 2 * (b - d)
+        return np.cumsum(per, axis=0)
+
     def _quantile(self, values, ok):
         """Posterior quantile over the sample rows (row 0 is the MAP)."""
         v = values[..., 1:]
@@ -348,8 +404,18 @@ class Planner:
         levels, dose, bed, ok_s = self.surrogate()
         ridx = {r: j for j, r in enumerate(self.regions)}
         # fixed part: full simulation of the delivered cycles alone (rows: MAP + samples)
+        resp_state = None
+        if self.lesion_response is not None:
+            from .response import ResponseState
+            resp_state = ResponseState.initial(self.P.shape[0], len(self.lesions))
         if fixed_t.size:
-            fd = self.padded_what_if(fixed_a, fixed_t, n_total, new_times, fixed_l)
+            if resp_state is None:
+                fd = self.padded_what_if(fixed_a, fixed_t, n_total, new_times, fixed_l)
+            else:  # and the lesion state at the first new cycle
+                fd, states = self.response_what_if(fixed_a, fixed_t, fixed_l)
+                resp_state = self.lesion_response.advance(
+                    states[-1], fd.dose_gy[:, -1][:, self._les_cols],
+                    fd.bed_gy[:, -1][:, self._les_cols], float(start_h - fixed_t.max()))
             fixed_tot = {"dose_gy": fd.total("dose_gy"), "bed_gy": fd.total("bed_gy")}
             ok_s = ok_s & fd.ok
         else:
@@ -393,8 +459,12 @@ class Planner:
                                      f"activity {lo / 1000:g} GBq exceeds {names}",
                                      binding_limit=str(bad[0]) if bad else None)
             mj = [ridx[r] for r in self.lesions]
-            les = pc[self.lesion_metric][:, :, mj] * ncyc[..., 0][..., None] + \
-                fixed_tot[self.lesion_metric][None, None, :, mj]               # (N, G, n, L)
+            if resp_state is None:
+                les = pc[self.lesion_metric][:, :, mj] * ncyc[..., 0][..., None] + \
+                    fixed_tot[self.lesion_metric][None, None, :, mj]           # (N, G, n, L)
+            else:  # cycle j's lesion dose ~ g_j x one cycle's (response.search_factors)
+                les = self._response_objective(pc, mj, resp_state, n_max, interval_h) + \
+                    fixed_tot[self.lesion_metric][None, None, :, mj]
             les = les.min(axis=-1) if s.objective == "min" else les.mean(axis=-1)
             obj = les[..., 1:][..., ok_s[1:]].mean(axis=-1)                   # (N, G)
             obj = np.where(feasible, obj, -np.inf)

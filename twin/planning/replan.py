@@ -3,10 +3,9 @@
 :func:`replan`: after cycle k, the SPECT observations of the delivered cycles update the twin
 (the previous posterior is the prior, :meth:`calibration.Posterior.as_prior`), the delivered
 cycles are kept as they were given, and cycles k+1..N are re-optimised under the same limits
-(:meth:`twin.planning.Planner.optimise` with ``fixed``). No lesion-response model (shrinkage
-between cycles) is included: the project's references give no parameters for receptor loss
-per Gy (the lesion dose-response data in population_radiobiology.md relate cycle-1 dose to
-PSA or response odds, not to receptor amount), so it is left out rather than invented.
+(:meth:`twin.planning.Planner.optimise` with ``fixed``). An optional lesion response between
+cycles (receptor loss lowering the lesion dose per GBq of later cycles) is passed through as
+``lesion_response=`` to the Planner (:mod:`twin.planning.response`; default None: none).
 """
 
 from __future__ import annotations
@@ -155,6 +154,8 @@ def replan(posterior, observations, delivered, limits, settings=None, *,
         max_cycles: total number of cycles (default: the previous plan's rows, at least k+1).
         next_h: time of the next cycle (default: the next planned row, else one interval after
             the last delivered cycle); must be after the last observation.
+        planner_kw: Planner options (tissues, alpha_beta_gy, repair_half_time_h,
+            lesion_response: a :mod:`twin.planning.response` model or spec, default None).
     Returns:
         (Plan, updated Posterior).
     """
@@ -194,7 +195,8 @@ def replan(posterior, observations, delivered, limits, settings=None, *,
     kw.update(fit_kw or {})
     new_post = fit(observations, given, posterior.model_name, variant=posterior.variant,
                    personal=posterior.names, prior=posterior.as_prior(),
-                   fixed=dict(posterior.fixed), **kw)
+                   fixed=dict(posterior.fixed),
+                   region_groups=posterior.diagnostics.get("region_groups") or None, **kw)
     planner = Planner(new_post, settings, radiopharmaceutical=next(iter(rps)), **planner_kw)
     plan = planner.optimise(limits, fixed=([a.time_h for a in done],
                                            [a.activity_mbq for a in done],
