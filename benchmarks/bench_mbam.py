@@ -90,6 +90,11 @@ def main():
     names = PERSONAL["psma-pbrpk"]
     rng = np.random.default_rng(0)
     factors = np.exp(0.3 * rng.standard_normal((a.n, len(names))))
+    from pbpk_models.model import compile_model
+
+    nf = compile_model(full, reg.radiopharmaceuticals).n_states
+    nr = compile_model(red, reg.radiopharmaceuticals).n_states
+    print(f"ODE states (one radiopharmaceutical): full {nf}, reduced {nr}")
     pf, okf, tf = patients_per_s(full, reg, factors, names, a.n)
     pr, okr, tr = patients_per_s(red, reg, factors, names, a.n)
     print(f"simulation, {a.n} patients vmapped (Rosenbrock, rtol 1e-6): full {pf:.1f} "

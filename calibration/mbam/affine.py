@@ -4,8 +4,8 @@ Every MBAM limit is affine in log-parameters: p -> 0 or inf fixes theta_p; a pai
 a finite ratio (product) keeps theta_a - theta_b (theta_a + theta_b) and fixes the other
 direction; a fold merges two coordinates. So after any chain of limits the reduced model's
 log-parameters u map to the full model's as ``theta = A u + b``, the limits being taken at a
-finite distance (``LIMIT_FACTOR`` times beyond the geodesic's end, as the numerical fallback of
-:func:`calibration.mbam.limits.apply_limit`). The geometry of every model in the chain is then
+finite distance (``LIMIT_FACTOR`` times beyond the geodesic's end; the numerical fallback of
+:func:`calibration.mbam.limits.apply_limit` stays at 100x). The geometry of every model in the chain is then
 that of ONE compiled function, the full model's r(theta) and its forward-mode derivatives:
 
 - ``J_u = J(theta) A``, ``A_vv,u(v) = A_vv(theta; A v)``: no recompilation per round (a new
@@ -35,7 +35,13 @@ import sympy as sp
 from calibration.mbam.geometry import Limit, cached_least_squares_fns, dominant_set
 from pbpk_models.errors import InputError, ModelError
 
-LIMIT_FACTOR = 100.0          # finite-distance limit beyond the geodesic's end (as limits.py)
+# Finite-distance limit beyond the geodesic's end, at which a limit's error is judged. 100x
+# (as limits.NUMERIC_FACTOR) was too close when the geodesic stops on its step budget: a
+# permeability of ~1500/h taken "to 0" at 1/100 of the end (~1/h) still exchanged within the
+# PET hour, so steps accepted at 0.001 % were 2.2 % off once the exact symbolic limit was
+# verified (psma-pbrpk, red marrow). 1e6 puts such a rate below 1e-3/h (negligible over the
+# 8-day protocol) or above 1e8/h (instantaneous; Rosenbrock is L-stable).
+LIMIT_FACTOR = 1e6
 # Geometry solver: loose (the geodesic itself is integrated at ~1e-2); 4x fewer Rosenbrock steps
 # than MBAM_SETTINGS' rtol 1e-9 (order 5: steps ~ tol^-1/5).
 GEOMETRY_SETTINGS = dict(rtol=1e-6, atol=1e-10, method="rosenbrock", adjoint="forward")

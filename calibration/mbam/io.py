@@ -66,6 +66,10 @@ def personal_parameters(base_model: str, names, parameter_map: dict) -> list:
         expr = parameter_map.get(n, n)
         syms = {str(x) for x in sp.sympify(expr).free_symbols} if not isinstance(
             expr, sp.Basic) else {str(x) for x in expr.free_symbols}
+        if n not in pers and n.startswith(tuple(f"{x}_in_" for x in syms & pers)) and \
+                len(syms) == 1:
+            continue   # an organ's copy of a personal parameter (library.untie_doc): kept at
+            #            the population value, its organ's share is not personalised
         if n in pers or syms & pers:
             out.append(n)
     return out
@@ -85,6 +89,8 @@ def refresh(doc: dict) -> dict:
         doc["personal"] = pers
     for key in ("limits", "rejected"):
         for s in doc.get(key, []):
+            if s.get("kind") in ("untie", "retie"):   # not limits (library.untie_doc, compose)
+                continue
             lim = Limit(s["kind"], tuple(s["parameters"]), tuple(s["directions"]))
             s["meaning"] = meaning_text(lim, s.get("effects", []))
     return doc

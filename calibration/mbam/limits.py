@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from calibration.mbam.geometry import Limit
-from pbpk_models.errors import ModelError
+from pbpk_models.errors import InputError, ModelError
 from pbpk_models.spec import Binding, Compartment, ModelSpec, Parameter, Transfer
 
 # The numerical fallback fixes q at this factor beyond the geodesic's end (assumption: the
@@ -75,6 +75,13 @@ def _lim(expr):
     L = sp.limit(e, _Q, sp.oo)
     if L.has(sp.nan) or L.has(sp.zoo) or isinstance(L, sp.AccumBounds):
         raise _NotSymbolic(f"no limit of {expr}")
+    if L not in (sp.oo, -sp.oo) and (L.has(sp.oo) or L.has(-sp.oo)):
+        # e.g. oo*sign(1/(1/20 - hematocrit/20)): sympy cannot tell the sign of a factor that
+        # is positive for every physical value (haematocrit < 1). Every expression taken to
+        # the limit here (rate, volume, receptor amount) is non-negative, so an unbounded
+        # one diverges to +oo (before this, such a rate was not recognised as fast and a
+        # fast two-way exchange was taken as one-way: the pool was emptied, not merged).
+        return sp.oo
     return _unpos(L) if L not in (sp.oo, -sp.oo) else L
 
 
@@ -362,14 +369,22 @@ def _prune(spec: ModelSpec) -> ModelSpec:
                     reach.add(c)
                     changed = True
     keep = []
+    placeholder = set()
     for c in spec.compartments:
         others = [d for d in spec.compartments if d.region == c.region and d.name in reach]
-        if c.name in reach or not others:
+        if c.name in reach:
+            keep.append(c)
+        elif not others and c.region not in placeholder:
+            # a region nothing reaches keeps ONE empty pool (its region stays defined; its
+            # mass comes from region_volumes, not from the compartments): the others are
+            # states that stay at 0 whatever the parameters
+            placeholder.add(c.region)
             keep.append(c)
     names = {c.name for c in keep}
     return spec.replace(
         compartments=tuple(keep),
-        transfers=tuple(t for t in spec.transfers if t.source in names),
+        transfers=tuple(t for t in spec.transfers if t.source in names
+                        and (t.target in names or t.target in spec.sinks)),
         bindings=tuple(b for b in spec.bindings if b.free in names and b.bound in names),
         no_decay=frozenset(n for n in spec.no_decay if n in names))
 
@@ -463,3 +478,55 @@ def apply_limit(spec: ModelSpec, limit: Limit, values: dict, boundary: dict) -> 
         red = _subs_all(base, {q: sp.Float(qfix)})
         method = "numerical"
     return Reduction(red, method, effects, removed, new)
+
+
+def untie(spec: ModelSpec, name: str, regions) -> ModelSpec:
+    """``spec`` with the shared parameter ``name`` split: in each of ``regions`` its transfers
+    and bindings use their own copy ``{name}_in_{region}`` (same value, unit, source), elsewhere
+    ``name`` itself. The model is unchanged (every copy at the shared value); MBAM can then take
+    a limit in one organ only (e.g. permeability -> inf in the lungs but not in the muscle: one
+    flow-limited organ). A transfer belongs to its source compartment's region (its target's
+    for a source outside the compartments), a binding to its free pool's region."""
+    p = spec.parameter(name)
+    if name in spec.ligand_parameters:
+        raise InputError(f"untie: {name} is ligand-specific; untie a shared physiological "
+                         f"parameter")
+    region_of = {c.name: c.region for c in spec.compartments}
+    regions = list(dict.fromkeys(regions))
+    unknown = [r for r in regions if r not in spec.regions]
+    if unknown:
+        raise InputError(f"untie {name}: unknown regions {unknown}; the model's: "
+                         f"{', '.join(spec.regions)}")
+    s0 = sp.Symbol(name)
+    copies = {r: sp.Symbol(f"{name}_in_{r}") for r in regions}
+
+    def sub(expr, region):
+        if expr is None or region not in copies:
+            return expr
+        return sp.sympify(expr).xreplace({s0: copies[region]})
+
+    transfers = tuple(dataclasses.replace(
+        t, rate=sub(t.rate, region_of.get(t.source, region_of.get(t.target))))
+        for t in spec.transfers)
+    bindings = tuple(dataclasses.replace(
+        b, receptor=sub(b.receptor, region_of[b.free]), volume=sub(b.volume, region_of[b.free]),
+        k_on=sub(b.k_on, region_of[b.free]), k_off=sub(b.k_off, region_of[b.free]))
+        for b in spec.bindings)
+    used = {str(x) for t in transfers for x in sp.sympify(t.rate).free_symbols}
+    used |= {str(x) for b in bindings for e in (b.receptor, b.volume, b.k_on, b.k_off)
+             for x in sp.sympify(e).free_symbols}
+    new = tuple(dataclasses.replace(p, name=str(c), description=f"{p.description} ({r}; "
+                                    f"untied from {name} by MBAM)")
+                for r, c in copies.items() if str(c) in used)
+    return spec.replace(transfers=transfers, bindings=bindings,
+                        parameters=spec.parameters + new)
+
+
+def retie(spec: ModelSpec, copies: dict) -> ModelSpec:
+    """Inverse of :func:`untie` at a fixed ratio: ``copies`` {copy: [parameter, ratio]}; each
+    copy's symbol becomes ``ratio * parameter`` and the copy is no longer a parameter."""
+    subs = {sp.Symbol(c): sp.Float(r) * sp.Symbol(b) for c, (b, r) in copies.items()}
+    for c, (b, _) in copies.items():
+        spec.parameter(b)
+    spec = _subs_all(spec, subs)
+    return _drop_parameter(spec, list(copies))

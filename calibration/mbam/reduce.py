@@ -231,6 +231,8 @@ def _hint(kind: str, name: str, up: bool) -> str:
             return (f"the combination {a} {op} {b} -> {'inf' if up else '0'}"
                     + (f" ({inner})" if inner else ""))
     organ = name.split("_", 1)[1] if "_" in name else ""
+    if "_in_" in name:      # an organ's copy of a shared parameter (library.untie_doc)
+        organ = name.rsplit("_in_", 1)[1]
     if name.startswith("lambdaRel"):
         return (f"{organ}: internalised ligand released at once (no retention after "
                 f"internalisation)" if up else
