@@ -45,9 +45,9 @@ full system (same order, same error estimate on all states).
 Linear solver
 -------------
 The compartment graph is hub-and-spoke. :func:`block_structure` removes the highest-degree
-states ("hubs", e.g. arterial and venous blood) greedily and keeps the number of hubs that
-minimises a flop estimate; the remaining states fall into connected components (organs),
-padded to a common size. ``M`` is then block-arrowhead, ``[[A, B], [C, D]]`` with A
+states ("hubs", e.g. arterial and venous blood) greedily (three rules, see there) and keeps the
+hub set that minimises a flop estimate; the remaining states fall into connected components
+(organs), padded to a common size. ``M`` is then block-arrowhead, ``[[A, B], [C, D]]`` with A
 block-diagonal, and is solved by block elimination: every diagonal block inverted by
 Gauss-Jordan elimination (vectorised over blocks), then the small Schur complement
 ``S = D - C A^-1 B``. No pivoting: ``M = I/(h gamma) - K`` is a column diagonally dominant
@@ -151,47 +151,88 @@ def _components(adj: np.ndarray, keep: np.ndarray) -> list[list[int]]:
     return sorted(comps, key=lambda c: c[0])
 
 
+def _layout_cost(comps, nh, solves_per_factor):
+    """Flop estimate of one factorisation plus ``solves_per_factor`` solves of the padded
+    block-arrowhead layout (blocks padded to the largest): block inverses, ``A^-1 B``, the
+    Schur complement and its inverse; per solve the block mat-vecs and hub terms."""
+    nb = len(comps)
+    bs = max((len(c) for c in comps), default=0)
+    return (nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2 + nh ** 3
+            + solves_per_factor * (nb * bs ** 2 + 2 * nb * bs * nh + nh ** 2))
+
+
+def _greedy_hubs(adj, max_hubs, solves_per_factor, rule):
+    """One greedy hub sequence; returns the cheapest (cost, hubs, comps) among its prefixes and
+    the one-state extensions tried at each step.
+
+    Each step removes one state. ``rule="split"``: the candidates are the states of the first
+    largest component, ranked by the largest component left (ties: highest degree).
+    ``rule="split_all"``: the states of every largest component, ranked by (largest component
+    left, how many components of that size, layout cost, -degree), so that when several blocks
+    share the largest size they are split one after the other. ``rule="degree"``: the states of
+    highest remaining degree (blood pools first), ranked by the largest component left.
+    """
+    n = adj.shape[0]
+    keep = np.ones(n, dtype=bool)
+    hubs: list[int] = []
+    comps = _components(adj, keep)
+    best = None
+    for _ in range(min(max_hubs, n) + 1):
+        cost = _layout_cost(comps, len(hubs), solves_per_factor)
+        if best is None or cost < best[0]:
+            best = (cost, list(hubs), comps)
+        if not keep.any() or len(hubs) >= max_hubs:
+            break
+        bs = max(len(c) for c in comps)
+        deg = (adj & keep[None, :]).sum(axis=1)
+        if rule == "split":
+            pool = [max(comps, key=len)]
+        elif rule == "split_all":
+            pool = [c for c in comps if len(c) == bs]
+        else:
+            dk = np.where(keep, deg, -1)
+            pool = [np.nonzero(dk == dk.max())[0].tolist()]
+        trial = []
+        for comp in pool:
+            for c in comp:
+                keep[c] = False
+                rest = _components(adj, keep)
+                keep[c] = True
+                sizes = [len(r) for r in rest]
+                mb = max(sizes, default=0)
+                cost = _layout_cost(rest, len(hubs) + 1, solves_per_factor)
+                if cost < best[0]:       # every evaluated hub set is a candidate layout
+                    best = (cost, hubs + [c], rest)
+                key = (mb, sizes.count(mb), cost, -deg[c], c) if rule == "split_all" \
+                    else (mb, -deg[c], c)
+                trial.append((key, c, rest))
+        _, h, comps = min(trial, key=lambda x: x[0])
+        hubs.append(h)
+        keep[h] = False
+    return best
+
+
 def block_structure(pattern: np.ndarray, max_hubs: int = 12, solves_per_factor: int = 8
                     ) -> BlockStructure:
     """Choose hubs and blocks from a sparsity pattern (n x n bool) automatically.
 
-    Hubs are removed greedily: each time the state of the largest remaining component whose
-    removal leaves the smallest largest component (ties: highest degree). Among 0..max_hubs
-    hubs the layout with the smallest flop estimate (factorisation plus ``solves_per_factor``
-    solves, blocks padded to the largest) is kept.
+    Hubs are removed greedily (see :func:`_greedy_hubs`) by three rules: the original one (a
+    state of the largest component whose removal leaves the smallest largest component), one
+    that splits all components of the largest size in turn (it matters when two blocks share
+    the largest size, e.g. merged organs of a reduced model) and highest degree first (blood
+    pools; on the reduced psma-pbrpk the component rules peel organ vascular states off one by
+    one and end with 10 hubs, blood-first needs 4). Among the hub sets met on the three
+    sequences (at most max_hubs hubs) the layout with the smallest flop estimate
+    (:func:`_layout_cost`: factorisation plus ``solves_per_factor`` solves, blocks padded to
+    the largest) is kept; ties go to the earlier rule.
     """
     pattern = np.asarray(pattern, dtype=bool)
     n = pattern.shape[0]
     adj = (pattern | pattern.T) & ~np.eye(n, dtype=bool)
-    keep = np.ones(n, dtype=bool)
-    hubs: list[int] = []
-    best = None
-
-    def cost_of(comps, nh):
-        nb = len(comps)
-        bs = max((len(c) for c in comps), default=0)
-        return (nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2 + nh ** 3
-                + solves_per_factor * (nb * bs ** 2 + 2 * nb * bs * nh + nh ** 2))
-
-    comps = _components(adj, keep)
-    for _ in range(min(max_hubs, n) + 1):
-        cost = cost_of(comps, len(hubs))
-        if best is None or cost < best[0]:
-            best = (cost, list(hubs), comps)
-        if not keep.any():
-            break
-        largest = max(comps, key=len)
-        deg = (adj & keep[None, :]).sum(axis=1)
-        trial = []
-        for c in largest:
-            keep[c] = False
-            rest = _components(adj, keep)
-            keep[c] = True
-            trial.append((max((len(r) for r in rest), default=0), -deg[c], c, rest))
-        _, _, h, comps = min(trial, key=lambda x: x[:3])
-        hubs.append(h)
-        keep[h] = False
-    _, hubs, comps = best
+    best = min((_greedy_hubs(adj, max_hubs, solves_per_factor, rule) + (k,)
+                for k, rule in enumerate(("split", "split_all", "degree"))),
+               key=lambda x: (x[0], x[3]))
+    _, hubs, comps, _ = best
     bs = max((len(c) for c in comps), default=0)
     pos = np.empty(n, dtype=np.int64)
     for k, comp in enumerate(comps):

@@ -33,3 +33,30 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = str(item.path)
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+# Each compiled XLA executable maps its code into memory. A long-lived xdist worker that
+# compiles hundreds of stiff-solver programs grew to 11k memory mappings after three test files
+# (measured with /proc/self/maps), towards Linux's default limit of 65530 (vm.max_map_count);
+# past it LLVM's code allocation fails and XLA crashes inside a compile (a segfault seen twice,
+# always late in a worker's life, never reproducible alone). After each test module, a worker
+# with many mappings drops the compiled programs it holds (they are recompiled if needed).
+_MAPS_LIMIT = 20000
+
+
+def _n_mappings() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    yield
+    if _n_mappings() > _MAPS_LIMIT:
+        import gc
+
+        jax.clear_caches()
+        gc.collect()

@@ -185,6 +185,9 @@ class Progress:
         self._t = None
 
     def stage(self, key: str, text: str) -> None:
+        from twin.interrupt import check
+
+        check()  # a Ctrl-C swallowed during the previous stage stops the run here
         self.end()
         self.i += 1
         self._key, self._t, self._c = key, time.time(), time.process_time()
@@ -264,6 +267,39 @@ def _sample_params(model, post, n_samples: int, seed: int) -> np.ndarray:
     P = np.tile(base, (len(thetas), 1))
     P[:, idx] = np.exp(thetas)
     return P
+
+
+def _start_warmup(spec, regimen, grids, fixed: dict, n_rows: int):
+    """A started thread that runs :func:`predict`'s vmapped solves once on the population
+    parameters, so that their compilation overlaps the fit (XLA compiles on one core; the
+    predictions after the fit then find them compiled). Failures are ignored here: the real
+    call reports them."""
+    import threading
+
+    from pbpk_models.regimen import Regimen
+    from pbpk_models.simulate import POPULATION_SETTINGS, prepare, simulate_batch
+
+    jobs = []
+    for rp, ts, days in grids:  # the models are built here (sympy), only the solves run there
+        try:
+            sub = Regimen(tuple(a for a in regimen.administrations
+                                if a.radiopharmaceutical.lower() == rp))
+            model = prepare(spec, sub, None, days)[0]
+            jobs.append((model, sub, np.tile(model.params_from(fixed), (n_rows, 1)), ts, days))
+        except Exception:  # noqa: BLE001 (reported by the real call)
+            pass
+
+    def run():
+        for model, sub, P, ts, days in jobs:
+            try:
+                simulate_batch(model, sub, P, np.asarray(ts, float), days=days,
+                               settings=POPULATION_SETTINGS, mode=model.mode)
+            except Exception:  # noqa: BLE001 (reported by the real call)
+                pass
+
+    th = threading.Thread(target=run, name="twin-warmup", daemon=True)
+    th.start()
+    return th
 
 
 def predict(post, regimen, spec, rp: str, times_h, *, days: float, n_samples: int, seed: int,
@@ -566,9 +602,6 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
                                                source="observations.csv")
     problem = build_problem(observations, regimen, config.model, variant=config.variant,
                             personal=config.personal, fixed=fixed, region_groups=groups)
-    post = fit(observations, regimen, config.model, n_starts=config.starts,
-               seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
-    write_twin(out / "twin.json", post, regimen)
     therapy = (config.therapy or (spec.default_radiopharmaceutical
                                   if spec.default_radiopharmaceutical in
                                   regimen.radiopharmaceuticals
@@ -576,7 +609,7 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
     if therapy not in regimen.radiopharmaceuticals:
         raise InputError(f"therapy {therapy} is not administered in the study "
                          f"({', '.join(regimen.radiopharmaceuticals)})")
-    curves, tia_table, n_failed, therapy_model, therapy_p = [], None, 0, None, None
+    grids = []  # (radiopharmaceutical, output times, days) of the predicted curves
     for rp in regimen.radiopharmaceuticals:
         t_first = min(a.time_h for a in regimen.administrations
                       if a.radiopharmaceutical.lower() == rp)
@@ -586,7 +619,15 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         # dense early (uptake), then uniform to past the last scan
         ts = np.unique(t_first + np.concatenate([np.geomspace(0.05, span, 60),
                                                  np.linspace(0.0, span, 60, endpoint=False)]))
-        days = config.days if rp == therapy else max(span / 24.0, 1e-3)
+        grids.append((rp, ts, config.days if rp == therapy else max(span / 24.0, 1e-3)))
+    # compile the prediction solves on the other core while the fit runs (same shapes)
+    warm = _start_warmup(spec, regimen, grids, fixed, config.samples + 1)
+    post = fit(observations, regimen, config.model, n_starts=config.starts,
+               seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
+    warm.join()
+    write_twin(out / "twin.json", post, regimen)
+    curves, tia_table, n_failed, therapy_model, therapy_p = [], None, 0, None, None
+    for rp, ts, days in grids:
         c, t, nf, m, p = predict(post, regimen, spec, rp, ts, days=days,
                                  n_samples=config.samples, seed=config.sample_seed,
                                  level=config.level)

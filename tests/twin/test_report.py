@@ -200,3 +200,28 @@ def test_demo_report_renders_in_headless_chromium(demo_dir, tmp_path):  # noqa: 
     m = re.search(r'data-check="images=(\d+);broken=(\d+)"', res.stdout)
     assert m, res.stdout[-500:] + res.stderr[-2000:]
     assert int(m.group(1)) == n_img and int(m.group(2)) == 0
+
+
+def test_interrupt_request_survives_a_swallowed_keyboardinterrupt():
+    """A Ctrl-C whose KeyboardInterrupt is swallowed (as CPython does inside a garbage-collector
+    callback) still stops the pipeline at its next stage."""
+    import signal
+
+    from twin import interrupt
+    from twin.pipeline import Progress
+
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        interrupt.install()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # swallowed, as in a gc callback
+        p = Progress(2, quiet=True)
+        with pytest.raises(KeyboardInterrupt):
+            p.stage("next", "the next stage")
+        interrupt.install()  # a new run starts clean
+        Progress(2, quiet=True).stage("first", "a stage")
+    finally:
+        signal.signal(signal.SIGINT, old)
+        interrupt.REQUESTED.clear()

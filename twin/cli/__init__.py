@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from twin import interrupt
+
+    interrupt.install()
     try:
         _enable_x64()
         return int(args.func(args) or 0)
