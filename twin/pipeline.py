@@ -297,7 +297,7 @@ def _start_warmup(spec, regimen, grids, fixed: dict, n_rows: int):
             except Exception:  # noqa: BLE001 (reported by the real call)
                 pass
 
-    th = threading.Thread(target=run, name="twin-warmup", daemon=True)
+    th = threading.Thread(target=run, name="twin-warmup", daemon=False)
     th.start()
     return th
 
@@ -622,9 +622,13 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         grids.append((rp, ts, config.days if rp == therapy else max(span / 24.0, 1e-3)))
     # compile the prediction solves on the other core while the fit runs (same shapes)
     warm = _start_warmup(spec, regimen, grids, fixed, config.samples + 1)
-    post = fit(observations, regimen, config.model, n_starts=config.starts,
-               seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
-    warm.join()
+    try:
+        post = fit(observations, regimen, config.model, n_starts=config.starts,
+                   seed=config.fit_seed, max_nfev=config.max_nfev, problem=problem)
+    finally:
+        # also on Ctrl-C or an error: a thread left inside XLA at interpreter exit aborts the
+        # process ("FATAL: exception not rethrown"), so the warm-up is always waited for
+        warm.join()
     write_twin(out / "twin.json", post, regimen)
     curves, tia_table, n_failed, therapy_model, therapy_p = [], None, 0, None, None
     for rp, ts, days in grids:

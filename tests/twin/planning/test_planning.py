@@ -163,7 +163,7 @@ def test_cli_round_trip(tmp_path, planner):
     assert math.isfinite(kid.bed_gy) and kid.limit == "Kidney:bed_gy<=12"
     # twin simulate replays PLAN.csv with dose_gy and bed_gy per region (MAP)
     sim = tmp_path / "SIM.csv"
-    assert main(["simulate", "--twin", str(twin), "--regimen", str(out), "--samples", "4",
+    assert main(["simulate", "--twin", str(twin), "--regimen", str(out), "--samples", "8",
                  "--out", str(sim)]) == 0
     st = pd.read_csv(sim).set_index("region")
     assert {"dose_gy", "bed_gy"} <= set(st.columns)
