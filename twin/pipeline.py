@@ -269,6 +269,15 @@ def _sample_params(model, post, n_samples: int, seed: int) -> np.ndarray:
     return P
 
 
+def _own_administrations(regimen, rp: str):
+    """The administrations of one radiopharmaceutical (each is predicted from its own, as in the
+    fit)."""
+    from pbpk_models.regimen import Regimen
+
+    return Regimen(tuple(a for a in regimen.administrations
+                         if a.radiopharmaceutical.lower() == rp))
+
+
 def _start_warmup(spec, regimen, grids, fixed: dict, n_rows: int):
     """A started thread that runs :func:`predict`'s vmapped solves once on the population
     parameters, so that their compilation overlaps the fit (XLA compiles on one core; the
@@ -276,14 +285,12 @@ def _start_warmup(spec, regimen, grids, fixed: dict, n_rows: int):
     call reports them."""
     import threading
 
-    from pbpk_models.regimen import Regimen
     from pbpk_models.simulate import POPULATION_SETTINGS, prepare, simulate_batch
 
     jobs = []
     for rp, ts, days in grids:  # the models are built here (sympy), only the solves run there
         try:
-            sub = Regimen(tuple(a for a in regimen.administrations
-                                if a.radiopharmaceutical.lower() == rp))
+            sub = _own_administrations(regimen, rp)
             model = prepare(spec, sub, None, days)[0]
             jobs.append((model, sub, np.tile(model.params_from(fixed), (n_rows, 1)), ts, days))
         except Exception:  # noqa: BLE001 (reported by the real call)
@@ -311,11 +318,10 @@ def predict(post, regimen, spec, rp: str, times_h, *, days: float, n_samples: in
     Returns (curves table, TIA table ``region, tia_mbq_h, tia_low, tia_high, tiac_h``,
     n_failed, compiled model, MAP parameter vector).
     """
-    from pbpk_models.regimen import Regimen
     from pbpk_models.simulate import POPULATION_SETTINGS, prepare, simulate_batch
     from twin.errors import ModelError
 
-    sub = Regimen(tuple(a for a in regimen.administrations if a.radiopharmaceutical.lower() == rp))
+    sub = _own_administrations(regimen, rp)
     model = prepare(spec, sub, None, days)[0]
     P = _sample_params(model, post, n_samples, seed)
     out = simulate_batch(model, sub, P, np.asarray(times_h, float), days=days,

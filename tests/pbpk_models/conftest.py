@@ -38,3 +38,17 @@ def scipy_radau_reference(model, p, regimen, times, t_end):
         out += list(sol.y.T[:-1])
         y = sol.y.T[-1]
     return np.array(out), y
+
+
+def assert_block_solve_equals_dense(rb, J, inv_hg, r):
+    """The block-arrowhead solve of (I/(h gamma) - J) x = r equals the dense LU solve and
+    satisfies the system, both to 1e-12 relative."""
+    import jax.numpy as jnp
+
+    M = inv_hg * np.eye(rb.struct.n_padded) - np.asarray(rb.dense(J))
+    r = jnp.asarray(r)
+    xb = rb.solve_linear(rb.factor(J, inv_hg, "block"), r, "block")
+    xd = rb.solve_linear(rb.factor(J, inv_hg, "dense"), r, "dense")
+    scale = np.max(np.abs(xd))
+    assert np.max(np.abs(xb - xd)) <= 1e-12 * scale
+    assert np.max(np.abs(M @ np.asarray(xb) - r)) <= 1e-12 * np.max(np.abs(M)) * scale

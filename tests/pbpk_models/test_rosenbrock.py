@@ -10,7 +10,7 @@ from pbpk_models.regimen import Regimen
 from pbpk_models.rosenbrock import PBPKRosenbrock, block_structure
 from pbpk_models.simulate import SolverSettings, jitted_core, simulate, simulate_batch
 
-from .conftest import scipy_radau_reference
+from .conftest import assert_block_solve_equals_dense, scipy_radau_reference
 
 RTOL = 1e-8
 ROS = SolverSettings(rtol=RTOL, atol=1e-12, method="rosenbrock")
@@ -68,14 +68,9 @@ def test_block_solver_equals_dense(models, mode):
     J = rb.jacobian_flat(Kflat, kon_v, yp)
     rng = np.random.default_rng(2)
     for inv_hg in (1e-4, 1.0, 1e4):
-        M = inv_hg * np.eye(st.n_padded) - np.asarray(rb.dense(J))
         for _ in range(3):
-            r = jnp.asarray(rng.normal(size=st.n_padded) * rb.real_mask)
-            xb = rb.solve_linear(rb.factor(J, inv_hg, "block"), r, "block")
-            xd = rb.solve_linear(rb.factor(J, inv_hg, "dense"), r, "dense")
-            scale = np.max(np.abs(xd))
-            assert np.max(np.abs(xb - xd)) <= 1e-12 * scale
-            assert np.max(np.abs(M @ np.asarray(xb) - r)) <= 1e-12 * np.max(np.abs(M)) * scale
+            assert_block_solve_equals_dense(rb, J, inv_hg,
+                                            rng.normal(size=st.n_padded) * rb.real_mask)
 
 
 def test_block_structure_toy():

@@ -19,6 +19,7 @@ import pytest
 from calibration.fit import model_spec
 from pbpk_models.model import compile_model
 from pbpk_models.rosenbrock import PBPKRosenbrock
+from .conftest import assert_block_solve_equals_dense
 
 V2 = (Path(__file__).parents[2] / "pbpk_models" / "library" / "reduced"
       / "psma-pbrpk_pet1h_spect24h_v2.json")
@@ -85,10 +86,5 @@ def test_block_solve_equals_dense_on_reduced(reduced):
     J = rb.jacobian_flat(Kflat, kon_v, yp)
     rng = np.random.default_rng(2)
     for inv_hg in (1e-4, 1.0, 1e4):
-        M = inv_hg * np.eye(st.n_padded) - np.asarray(rb.dense(J))
-        r = jnp.asarray(rng.normal(size=st.n_padded) * rb.real_mask)
-        xb = rb.solve_linear(rb.factor(J, inv_hg, "block"), r, "block")
-        xd = rb.solve_linear(rb.factor(J, inv_hg, "dense"), r, "dense")
-        scale = np.max(np.abs(xd))
-        assert np.max(np.abs(xb - xd)) <= 1e-12 * scale
-        assert np.max(np.abs(M @ np.asarray(xb) - r)) <= 1e-12 * np.max(np.abs(M)) * scale
+        assert_block_solve_equals_dense(rb, J, inv_hg,
+                                        rng.normal(size=st.n_padded) * rb.real_mask)

@@ -104,17 +104,17 @@ def synthetic_study(study_dir: Path, spacing_mm: float, seed: int, progress=None
     from concurrent.futures import ThreadPoolExecutor
 
     from pbpk_models.simulate import prepare
+    from twin.pipeline import _own_administrations
 
     def solve(rp):
-        sub = Regimen(tuple(a for a in regimen.administrations if a.radiopharmaceutical == rp))
-        days = (times[-1] - max(a.time_h for a in sub.administrations)) / 24.0
-        model = jobs[rp]
+        model, sub, days = jobs[rp]
         return simulate(model, sub, times_h=times, days=days, settings=POPULATION_SETTINGS)
 
     jobs = {}  # the models are built first, in this thread (sympy); only the solves run in two
     for rp in regimen.radiopharmaceuticals:
-        sub = Regimen(tuple(a for a in regimen.administrations if a.radiopharmaceutical == rp))
-        jobs[rp] = prepare(spec, sub, None, (times[-1] - sub.administrations[-1].time_h) / 24.0)[0]
+        sub = _own_administrations(regimen, rp)
+        days = (times[-1] - sub.administrations[-1].time_h) / 24.0
+        jobs[rp] = (prepare(spec, sub, None, days)[0], sub, days)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="twin-truth") as pool:
         results = dict(zip(jobs, pool.map(solve, list(jobs))))
     tacs = pd.concat([res.to_frame(rp) for rp, res in results.items()])
