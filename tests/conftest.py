@@ -31,8 +31,26 @@ def pytest_collection_modifyitems(config, items):
         elif name == "test_notebooks.py":
             group = item.nodeid
         else:
-            group = str(item.path)
+            group = str(item.path.relative_to(config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """xdist's loadgroup tags each node id with ``@group`` on the worker; pytest 9.2 with
+    pytest-xdist 3.8 silently stopped doing so (pytest-dev/pytest-xdist#1386), and the suite
+    then ran every module fixture once per worker. Say so instead of running slowly."""
+    config, items = session.config, session.items
+    if getattr(config, "workerinput", None) is None or not config.getvalue("loadgroup"):
+        return
+    if items and not any("@" in item.nodeid for item in items):
+        import warnings
+
+        warnings.warn(
+            "pytest-xdist did not apply the xdist_group marks (pytest-dev/pytest-xdist#1386): "
+            "module fixtures will run once per worker and the suite will be slower; install "
+            "the versions pinned in pyproject.toml ('pip install -e .[test]').",
+            stacklevel=1,
+        )
 
 
 # Each compiled XLA executable maps its code into memory. A long-lived xdist worker that
