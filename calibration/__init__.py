@@ -4,6 +4,10 @@ Imports only ``pbpk_models``.
 """
 
 from calibration.fit import NOISE as NOISE
+from calibration.fit import NOISE_LESION as NOISE_LESION
+from calibration.fit import is_lesion as is_lesion
+from calibration.fit import noise_model as noise_model
+from calibration.fit import noise_sigma as noise_sigma
 from calibration.fit import NoiseModel as NoiseModel
 from calibration.fit import Objective as Objective
 from calibration.fit import Problem as Problem

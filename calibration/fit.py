@@ -21,7 +21,8 @@ and the gradient ``J^T r`` must vanish (infinity norm below :data:`GRADIENT_TOL`
 FitError with the diagnostics.
 
 Noise model (``noise='model'``, or for rows whose sigma is not usable): sigma^2 = (c A)^2 + a^2
-per modality (:data:`NOISE`). It is first evaluated at the observed activity A (fixed weights, a
+per modality and region class (:data:`NOISE` for organs, :data:`NOISE_LESION` for lesions,
+:func:`is_lesion`). It is first evaluated at the observed activity A (fixed weights, a
 least-squares problem), then, by generalised least squares (iteratively reweighted: Carroll RJ,
 Ruppert D, Transformation and Weighting in Regression, Chapman & Hall 1988, sec. 2.1), at the
 activity predicted by the current optimum, refitting from there until no sigma changes by more
@@ -42,6 +43,7 @@ radiopharmaceuticals are less than :data:`COUPLING_WARN_H` apart.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -73,12 +75,13 @@ class NoiseModel:
         return np.sqrt((self.proportional * a) ** 2 + self.additive_mbq ** 2)
 
 
-# Region-activity noise per modality. Proportional terms: calibration uncertainty (PET 5%,
-# Boellaard et al., EJNMMI 2015;42:328, doi:10.1007/s00259-014-2961-x; quantitative 177Lu SPECT
-# ~10%, Ljungberg et al., MIRD Pamphlet 26, J Nucl Med 2016;57:151, doi:10.2967/jnumed.115.159012)
-# combined in quadrature with segmentation and partial-volume error of whole-organ VOIs,
-# assumed 8% for PET and 10% for SPECT (assumption). Additive floors are assumptions: the
-# order of the counting noise of a small VOI (68Ga PET: 0.02 MBq; 177Lu SPECT at 24 h: 0.5 MBq).
+# Region-activity noise per modality, for organs. Proportional terms: calibration uncertainty
+# (PET 5%, Boellaard et al., EJNMMI 2015;42:328, doi:10.1007/s00259-014-2961-x; quantitative
+# 177Lu SPECT ~10%, Ljungberg et al., MIRD Pamphlet 26, J Nucl Med 2016;57:151,
+# doi:10.2967/jnumed.115.159012) combined in quadrature with segmentation and partial-volume
+# error of whole-organ VOIs, assumed 8% for PET and 10% for SPECT (assumption). Additive floors
+# are assumptions: the order of the counting noise of a small VOI (68Ga PET: 0.02 MBq; 177Lu
+# SPECT at 24 h: 0.5 MBq).
 NOISE = {
     "PET": NoiseModel(0.10, 0.02, "5% calibration (EANM) + 8% segmentation (assumed); "
                                   "0.02 MBq floor (assumed)"),
@@ -86,6 +89,53 @@ NOISE = {
                                    "0.5 MBq floor (assumed)"),
     "planar": NoiseModel(0.25, 1.0, "planar conjugate-view quantification, overlap (assumed)"),
 }
+
+# Lesions: the same calibration terms, but the VOI term of a small object is dominated by the
+# partial-volume (recovery-coefficient) correction. For 177Lu SPECT spheres of 16-65 mL a Monte
+# Carlo study found activity errors of up to 21% without and 3.5% with recovery-coefficient
+# correction (EJNMMI Physics 2021, doi:10.1186/s40658-021-00365-8); 15% is assumed here for
+# the recovery and delineation error of a lesion VOI (assumption, between the two), combined in
+# quadrature: PET hypot(5%, 15%) = 16%, SPECT hypot(10%, 15%) = 18%, planar hypot(25%, 15%) = 29%.
+LESION_VOI_ERROR = 0.15
+# the calibration part of each organ model's proportional term (sources above; planar: the whole
+# 25% is taken as quantification error)
+_CALIBRATION_ERROR = {"PET": 0.05, "SPECT": 0.10, "planar": 0.25}
+NOISE_LESION = {
+    m: NoiseModel(round(math.hypot(c, LESION_VOI_ERROR), 2), NOISE[m].additive_mbq,
+                  f"{c:.0%} calibration + {LESION_VOI_ERROR:.0%} lesion recovery/delineation "
+                  f"(assumed), in quadrature; {NOISE[m].additive_mbq:g} MBq floor (assumed)")
+    for m, c in _CALIBRATION_ERROR.items()}
+
+# A region is a lesion when its name starts with one of these (case-insensitive): the models'
+# tumour regions (Tumor1, Tumor2, TumorRest) and the usual contour names of lesions.
+LESION_PREFIXES = ("tumor", "tumour", "lesion", "gtv")
+
+
+def is_lesion(region: str) -> bool:
+    """Whether an observed region is a lesion (name starts with :data:`LESION_PREFIXES`)."""
+    return str(region).strip().lower().startswith(LESION_PREFIXES)
+
+
+def noise_model(modality: str, region: str, table=None) -> NoiseModel:
+    """The noise model of one observation: lesion or organ class of ``modality``.
+
+    ``table`` (default: :data:`NOISE` for organs and :data:`NOISE_LESION` for lesions) maps a
+    modality, or a ``(modality, 'lesion'|'organ')`` pair, to a :class:`NoiseModel`; a pair takes
+    precedence, so ``{"SPECT": m}`` applies ``m`` to every SPECT row.
+    """
+    if table is None:
+        return (NOISE_LESION if is_lesion(region) else NOISE)[modality]
+    kind = "lesion" if is_lesion(region) else "organ"
+    if (modality, kind) in table:
+        return table[(modality, kind)]
+    return table[modality]
+
+
+def noise_sigma(modalities, regions, activity_mbq, table=None) -> np.ndarray:
+    """sigma (MBq) of each row from :func:`noise_model` at ``activity_mbq`` (clipped at 0)."""
+    a = np.clip(np.asarray(activity_mbq, dtype=np.float64), 0.0, None)
+    return np.array([noise_model(m, r, table).sigma(x) for m, r, x in zip(modalities, regions, a)],
+                    dtype=np.float64).reshape(a.shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,12 +145,11 @@ class _Segment:
     arrays: tuple          # (admin_times, hot, cold, ts, t_end)
     rp_index: np.ndarray   # per observation row of this segment
     ts_index: np.ndarray
-    region_index: np.ndarray
     mbq_per_nmol: np.ndarray
     rows: np.ndarray       # indices into the Observations
     # (rows, model regions) 0/1: an observed region is the sum of these model regions (one 1
     # per row unless the region is a group, e.g. the imaged remainder of the body)
-    region_weights: np.ndarray = None
+    region_weights: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,14 +350,12 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
             m, len(at), (at, hot, cold, ts, np.float64(t_end)),
             np.array([names.index(obs.radiopharmaceutical[i]) for i in rows], np.int32),
             np.searchsorted(ts, t_abs[rows]).astype(np.int32),
-            np.array([m.regions.index(summed.get(obs.region[i], (obs.region[i],))[0])
-                      for i in rows], np.int32),
             np.asarray(m.mbq_per_nmol, np.float64), rows,
             _region_weights([obs.region[i] for i in rows], m.regions, summed)))
         ys.append(obs.activity_mbq[rows])
         if noise == "model":
-            sigmas.append(np.array([NOISE[obs.modality[i]].sigma(obs.activity_mbq[i])
-                                    for i in rows]))
+            sigmas.append(noise_sigma(obs.modality[rows], obs.region[rows],
+                                      obs.activity_mbq[rows]))
         else:
             sigmas.append(obs.sigma_mbq[rows])
         rows_all.append(rows)
@@ -368,7 +415,7 @@ def _problem_data(problem: Problem) -> dict:
         "rtol": jnp.asarray(problem.settings.rtol, jnp.float64),
         "segments": [
             {"arrays": tuple(jnp.asarray(a) for a in s.arrays), "rp": jnp.asarray(s.rp_index),
-             "ts": jnp.asarray(s.ts_index), "reg": jnp.asarray(s.region_index),
+             "ts": jnp.asarray(s.ts_index),
              "rw": jnp.asarray(s.region_weights),
              "mbq": jnp.asarray(s.mbq_per_nmol)} for s in problem.segments],
     }
@@ -497,9 +544,8 @@ REWEIGHT_RTOL = 1e-3     # stop reweighting when no sigma changes by more than t
 
 def _model_sigma(problem: Problem, activity_mbq) -> np.ndarray:
     """Noise-model sigma (:data:`NOISE`) of each data row (segment order) at ``activity_mbq``."""
-    mods = problem.observations.modality[problem.rows]
-    a = np.clip(np.asarray(activity_mbq, dtype=np.float64), 0.0, None)
-    return np.array([NOISE[m].sigma(x) for m, x in zip(mods, a)], dtype=np.float64)
+    o = problem.observations
+    return noise_sigma(o.modality[problem.rows], o.region[problem.rows], activity_mbq)
 
 
 def _run_starts(obj: "Objective", starts, lo, hi, max_nfev: int) -> list[dict]:
@@ -674,11 +720,11 @@ def synthetic_observations(regimen: Regimen, design, truth: dict, model: str = "
             administration (h).
         truth: {name: value} of the parameters that differ from the defaults (canonical units).
         seed: random seed of the noise; None for noise-free values (sigma still from NOISE).
-        noise: {modality: NoiseModel}, default :data:`NOISE`.
+        noise: {modality or (modality, 'lesion'|'organ'): NoiseModel}; default
+            :data:`NOISE` for organs and :data:`NOISE_LESION` for lesions (:func:`noise_model`).
     Returns:
         Observations whose sigma_mbq is the noise model's sigma at the true activity.
     """
-    noise = noise or NOISE
     design = list(design)
     if not design:
         raise InputError("design needs at least one (region, time_h, radiopharmaceutical, "
@@ -696,7 +742,7 @@ def synthetic_observations(regimen: Regimen, design, truth: dict, model: str = "
     pred = np.empty(len(design))
     pred[prob.rows] = obj.predict(np.log([float(truth[n]) for n in names]))
     mods = dummy.modality
-    sigma = np.array([noise[m].sigma(a) for m, a in zip(mods, pred)])
+    sigma = noise_sigma(mods, dummy.region, pred, noise)
     act = pred.copy()
     if seed is not None:
         act = np.clip(pred + sigma * np.random.default_rng(seed).standard_normal(len(pred)),

@@ -278,29 +278,43 @@ def _own_administrations(regimen, rp: str):
                          if a.radiopharmaceutical.lower() == rp))
 
 
+def _prediction_model(spec, regimen, rp: str, days: float):
+    """(sub-regimen, compiled model) of one radiopharmaceutical's prediction: its own
+    administrations (as in the fit), simulated ``days`` past the last."""
+    from pbpk_models.simulate import prepare
+
+    sub = _own_administrations(regimen, rp)
+    return sub, prepare(spec, sub, None, days)[0]
+
+
+def _prediction_solve(model, sub, P, times_h, days: float) -> dict:
+    """The vmapped solve of :func:`predict` (population settings): one row of ``P`` a patient."""
+    from pbpk_models.simulate import POPULATION_SETTINGS, simulate_batch
+
+    return simulate_batch(model, sub, P, np.asarray(times_h, float), days=days,
+                          settings=POPULATION_SETTINGS, mode=model.mode)
+
+
 def _start_warmup(spec, regimen, grids, fixed: dict, n_rows: int):
-    """A started thread that runs :func:`predict`'s vmapped solves once on the population
+    """A started thread that runs :func:`predict`'s vmapped solves (the same
+    :func:`_prediction_model` and :func:`_prediction_solve`, same shapes) once on the population
     parameters, so that their compilation overlaps the fit (XLA compiles on one core; the
     predictions after the fit then find them compiled). Failures are ignored here: the real
     call reports them."""
     import threading
 
-    from pbpk_models.simulate import POPULATION_SETTINGS, prepare, simulate_batch
-
     jobs = []
     for rp, ts, days in grids:  # the models are built here (sympy), only the solves run there
         try:
-            sub = _own_administrations(regimen, rp)
-            model = prepare(spec, sub, None, days)[0]
+            sub, model = _prediction_model(spec, regimen, rp, days)
             jobs.append((model, sub, np.tile(model.params_from(fixed), (n_rows, 1)), ts, days))
         except Exception:  # noqa: BLE001 (reported by the real call)
             pass
 
     def run():
-        for model, sub, P, ts, days in jobs:
+        for job in jobs:
             try:
-                simulate_batch(model, sub, P, np.asarray(ts, float), days=days,
-                               settings=POPULATION_SETTINGS, mode=model.mode)
+                _prediction_solve(*job)
             except Exception:  # noqa: BLE001 (reported by the real call)
                 pass
 
@@ -318,14 +332,11 @@ def predict(post, regimen, spec, rp: str, times_h, *, days: float, n_samples: in
     Returns (curves table, TIA table ``region, tia_mbq_h, tia_low, tia_high, tiac_h``,
     n_failed, compiled model, MAP parameter vector).
     """
-    from pbpk_models.simulate import POPULATION_SETTINGS, prepare, simulate_batch
     from twin.errors import ModelError
 
-    sub = _own_administrations(regimen, rp)
-    model = prepare(spec, sub, None, days)[0]
+    sub, model = _prediction_model(spec, regimen, rp, days)
     P = _sample_params(model, post, n_samples, seed)
-    out = simulate_batch(model, sub, P, np.asarray(times_h, float), days=days,
-                         settings=POPULATION_SETTINGS, mode=model.mode)
+    out = _prediction_solve(model, sub, P, times_h, days)
     i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
     act = np.asarray(out["activity_mbq"])[:, i]  # (batch, region, time)
     tia = np.asarray(out["tia_mbq_h"])[:, i]  # (batch, region)

@@ -8,7 +8,8 @@ A :class:`Protocol` is what a patient's imaging will measure (PROTOCOL.json, iss
      "preserve": ["Kidney", "SG", ...],
      "parameters": ["NAME", ...] | "full",    # optional: the MBAM parameter set
      "preserve_radiopharmaceuticals": [...],  # optional: whose TIA is preserved
-     "curve_times_h": [...], "curve_sigma": 0.1}  # optional: geometry-only time courses
+     "curve_times_h": [...], "curve_sigma": 0.1,  # optional: geometry-only time courses
+     "region_groups": {"Rest": ["Rest", "Art", ...]}}  # optional: observed sums of regions
 
 Times are hours from the regimen's first administration (as in OBS.csv). An observation without
 a radiopharmaceutical is assigned the one administered that its modality images (PET: a
@@ -25,6 +26,10 @@ A ligand-specific parameter (``k_on``) is varied together with its copies for th
 (``k_on[psma-11]``): one log-shift for all, each copy keeping its ratio to the principal one, so
 that a limit (which :func:`calibration.mbam.limits.apply_limit` applies to every copy) is what
 the geometry explored.
+
+``region_groups`` (as ``calibration.fit(region_groups=...)``): an observed region may be the sum
+of model regions, e.g. the imaged remainder of the body; the observation is the sum of its
+members (the fit's weight matrix), their time courses enter the geometry curves one by one.
 
 ``curve_times_h`` (hours after each radiopharmaceutical's first administration; default
 :data:`CURVE_TIMES_H` when the parameter set is larger than the protocol's predictions, else
@@ -102,6 +107,7 @@ class Protocol:
     preserve_radiopharmaceuticals: tuple = ()
     curve_times_h: tuple | None = None
     curve_sigma: float = 0.1
+    region_groups: tuple = ()   # ((observed name, (model regions, ...)), ...)
 
     @property
     def therapy(self) -> tuple:
@@ -203,6 +209,12 @@ class Protocol:
         csig = float(d.get("curve_sigma", 0.1))
         if not (csig > 0 and math.isfinite(csig)):
             raise InputError(f"{source}: curve_sigma must be positive, got {csig}")
+        groups = d.get("region_groups") or {}
+        if not isinstance(groups, dict) or not all(
+                isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+                for v in groups.values()):
+            raise InputError(f"{source}: 'region_groups' maps an observed region to a non-empty "
+                             f"list of model regions, e.g. {{\"Rest\": [\"Rest\", \"Muscle\"]}}")
         if not obs and not preserve:
             raise InputError(f"{source}: the protocol observes nothing: give at least one "
                              f"observation {{region, time_h, modality, relative_sigma}} or a "
@@ -210,7 +222,8 @@ class Protocol:
         return cls(regimen, tuple(obs), tuple(str(p) for p in preserve),
                    tuple(str(p) for p in params),
                    float(d.get("tia_sigma", 0.02)), float(d.get("tia_days", 60.0)), source,
-                   tuple(prp), ct, csig)
+                   tuple(prp), ct, csig,
+                   tuple((str(k), tuple(v)) for k, v in groups.items()))
 
     @classmethod
     def from_json(cls, path) -> "Protocol":
@@ -233,7 +246,8 @@ class Protocol:
                 "preserve_radiopharmaceuticals": list(self.therapy),
                 "curve_times_h": (None if self.curve_times_h is None
                                   else list(self.curve_times_h)),
-                "curve_sigma": self.curve_sigma}
+                "curve_sigma": self.curve_sigma,
+                "region_groups": {k: list(v) for k, v in self.region_groups}}
 
     def resolve_parameters(self, spec, names=None) -> tuple:
         """The MBAM parameter set: ``names``, else the protocol's; ``("full",)`` expands to
@@ -286,7 +300,7 @@ class PredictionMap:
         for seg in self.segments:
             out = seg["core"](p, *seg["arrays"])
             amounts = out["amounts"]
-            amt = amounts[seg["ts"], seg["rp"], seg["reg"]]
+            amt = jnp.sum(amounts[seg["ts"], seg["rp"], :] * seg["rw"], axis=-1)
             obs_parts.append(amt * seg["mbq"][seg["rp"]])
             if len(seg["preserve"]):
                 tia_parts.append(out["tia_nmol_h"][0, seg["preserve"]]
@@ -335,12 +349,19 @@ def prediction_map(spec, protocol: Protocol, names, values=None, reference=None,
     if not names and not allow_empty:
         raise InputError(f"model {spec.name}: no parameters to reduce (the MBAM parameter set is "
                          f"empty); name them in the protocol's 'parameters' or with --parameters")
+    from calibration.fit import _check_region_groups, _region_weights
+
     regions = spec.regions
-    bad = sorted({o.region for o in protocol.observations} - set(regions)
+    try:
+        groups = _check_region_groups(dict(protocol.region_groups), regions)
+    except InputError as exc:
+        raise InputError(f"{protocol.source}: {exc}") from None
+    bad = sorted({o.region for o in protocol.observations} - set(regions) - set(groups)
                  | set(protocol.preserve) - set(regions))
     if bad:
         raise InputError(f"{protocol.source}: unknown region(s) {', '.join(bad)} for model "
-                         f"{spec.name}; its regions are {', '.join(regions)}")
+                         f"{spec.name}; its regions are {', '.join(regions)}"
+                         + (f" (groups: {', '.join(groups)})" if groups else ""))
     reg = protocol.regimen
     therapy = protocol.therapy
     curve_times = np.array(curve_times_for(protocol, len(names)), float)
@@ -366,7 +387,8 @@ def prediction_map(spec, protocol: Protocol, names, values=None, reference=None,
         ct = first + curve_times[curve_times <= 10 * hl]
         curve_regions = list(dict.fromkeys(
             (list(protocol.preserve) if keep else [])
-            + [protocol.observations[i].region for i in rows]))
+            + [m for i in rows for m in groups.get(protocol.observations[i].region,
+                                                   (protocol.observations[i].region,))]))
         ts = np.unique(np.concatenate([t_abs, [first], ct]))
         m, at, hot, cold, ts, t_end = prepare(spec, sub, ts, protocol.tia_days)
         if base is None:
@@ -379,8 +401,9 @@ def prediction_map(spec, protocol: Protocol, names, values=None, reference=None,
             "arrays": tuple(jnp.asarray(a) for a in (at, hot, cold, ts, np.float64(t_end))),
             "rp": jnp.asarray([rnames.index(rp)] * len(rows), dtype=jnp.int32),
             "ts": jnp.asarray(np.searchsorted(ts, t_abs), dtype=jnp.int32),
-            "reg": jnp.asarray([m.regions.index(protocol.observations[i].region)
-                                for i in rows], dtype=jnp.int32),
+            # (rows, model regions): an observed region is the sum of its members
+            "rw": jnp.asarray(_region_weights([protocol.observations[i].region for i in rows],
+                                              m.regions, groups)),
             "mbq": jnp.asarray(m.mbq_per_nmol),
             "preserve": np.array([m.regions.index(r) for r in protocol.preserve] if keep
                                  else [], np.int32),

@@ -5,13 +5,14 @@ shared by every test through module fixtures; the whole file compiles three solv
 """
 
 import json
+import math
 import warnings
 
 import numpy as np
 import pytest
 
-from calibration import (NOISE, Objective, Observations, Posterior, build_problem, fit,
-                         read_twin, synthetic_observations, write_twin)
+from calibration import (NOISE, NOISE_LESION, Objective, Observations, Posterior, build_problem,
+                         fit, read_twin, synthetic_observations, write_twin)
 from pbpk_models.errors import FitError, InputError
 from pbpk_models.regimen import Administration, Regimen
 
@@ -217,15 +218,47 @@ def test_noise_model_weights_at_the_prediction(observations):
     post = fit(observations, REGIMEN, n_starts=1, noise="model")
     res = post.diagnostics["residuals"]
     assert post.diagnostics["reweight_passes"] >= 2
+    table = {False: NOISE, True: NOISE_LESION}
+    lesion_rows = 0
     for row in res:
-        mod = observations.modality[row["row"]]
-        want = NOISE[mod].sigma(row["predicted_mbq"])
+        mod, reg = observations.modality[row["row"]], observations.region[row["row"]]
+        lesion_rows += reg.startswith("Tumor")
+        want = table[reg.startswith("Tumor")][mod].sigma(row["predicted_mbq"])
         assert row["sigma_mbq"] == pytest.approx(float(want), rel=2e-3)
+    assert lesion_rows > 0
     post0 = fit(observations, REGIMEN, n_starts=1, noise="model", reweight=False)
     for row in post0.diagnostics["residuals"]:
-        mod = observations.modality[row["row"]]
-        assert row["sigma_mbq"] == pytest.approx(float(NOISE[mod].sigma(row["observed_mbq"])),
-                                                 rel=1e-12)
+        mod, reg = observations.modality[row["row"]], observations.region[row["row"]]
+        want = table[reg.startswith("Tumor")][mod].sigma(row["observed_mbq"])
+        assert row["sigma_mbq"] == pytest.approx(float(want), rel=1e-12)
+
+
+def test_noise_classes_organs_and_lesions_hand_calculation():
+    """Lesion VOIs carry a recovery/delineation term on top of calibration: SPECT
+    hypot(10%, 15%) ~ 18% against 15% for organs; a user table overrides per modality or per
+    (modality, class); synthetic observations use the class of each region."""
+    from calibration import is_lesion, noise_model, noise_sigma
+
+    assert [is_lesion(r) for r in ("Tumor1", "TumorRest", "lesion_3", "GTV 2", "Kidney", "SG",
+                                   "Rest")] == [True, True, True, True, False, False, False]
+    a = 40.0
+    assert float(noise_model("SPECT", "Tumor2").sigma(a)) == pytest.approx(math.hypot(0.18 * a, 0.5))
+    assert float(noise_model("SPECT", "Kidney").sigma(a)) == pytest.approx(math.hypot(0.15 * a, 0.5))
+    assert float(noise_model("PET", "Tumor1").sigma(a)) == pytest.approx(math.hypot(0.16 * a, 0.02))
+    assert NOISE_LESION["SPECT"].proportional == pytest.approx(math.hypot(0.10, 0.15), abs=0.005)
+    flat = {"SPECT": NOISE["SPECT"]}
+    assert noise_model("SPECT", "Tumor1", flat) is NOISE["SPECT"]
+    both = {"SPECT": NOISE["SPECT"], ("SPECT", "lesion"): NOISE_LESION["PET"]}
+    assert noise_model("SPECT", "Tumor1", both) is NOISE_LESION["PET"]
+    assert noise_model("SPECT", "Kidney", both) is NOISE["SPECT"]
+    got = noise_sigma(["SPECT", "SPECT"], ["Kidney", "Tumor1"], [a, -1.0])
+    np.testing.assert_allclose(got, [math.hypot(0.15 * a, 0.5), 0.5])
+    obs = synthetic_observations(REGIMEN, DESIGN, TRUTH, seed=None)
+    for i in range(len(obs.region)):
+        c = (0.16 if obs.modality[i] == "PET" else 0.18) if obs.region[i].startswith("Tumor") \
+            else (0.10 if obs.modality[i] == "PET" else 0.15)
+        floor = 0.02 if obs.modality[i] == "PET" else 0.5
+        assert obs.sigma_mbq[i] == pytest.approx(math.hypot(c * obs.activity_mbq[i], floor))
 
 
 # -- region groups: an observed region that is the sum of model regions -------------------------
