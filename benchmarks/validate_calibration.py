@@ -317,10 +317,26 @@ def main(argv=None):
                     help="merge the calibration_cohort_patients.csv of split runs into --out "
                          "(no fitting)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--spect-organ-noise", type=float, default=None,
+                    help="experiment: proportional SPECT noise of organ VOIs, in the simulated "
+                         "data and in the fit's noise model alike (default: "
+                         "calibration.NOISE['SPECT'], 0.15); shows how the kidney error depends "
+                         "on SPECT quantification")
     args = ap.parse_args(argv)
     from twin.atomic import write_csv_atomic, write_text_atomic
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.spect_organ_noise is not None:
+        import dataclasses
+
+        from calibration import NOISE
+
+        if not 0 < args.spect_organ_noise < 1:
+            ap.error("--spect-organ-noise must be in (0, 1)")
+        # one table is read by the simulation (noise_model) and the fit (noise='model')
+        NOISE["SPECT"] = dataclasses.replace(
+            NOISE["SPECT"], proportional=args.spect_organ_noise,
+            basis=f"experiment: {args.spect_organ_noise:.0%} (--spect-organ-noise)")
     if args.merge:
         return merge_runs(args)
     patients = tuple(int(x) for x in args.patients.split(":")) if args.patients else None
