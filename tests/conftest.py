@@ -1,9 +1,18 @@
 """Test configuration: PBPK and calibration tests need JAX's 64-bit mode."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 os.environ.setdefault("EQX_ON_ERROR", "nan")
+# One on-disk JAX compile cache per test run (twin/compile_cache.py), created by the first
+# process and inherited by the xdist workers, the Dask workers of the cohort tests, the notebook
+# kernels and the CLI: a program compiled in one process is loaded by the others instead of
+# being compiled again. Fresh per run (as on CI's clean machine), removed at the end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="twin-tests-jax-cache-")
+    os.environ["TWIN_TESTS_OWN_JAX_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 1024 ** 3))
 
 import jax  # noqa: E402
 
@@ -33,6 +42,14 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = str(item.path.relative_to(config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_unconfigure(config):
+    own = os.environ.get("TWIN_TESTS_OWN_JAX_CACHE")
+    if own and getattr(config, "workerinput", None) is None:  # the controller, at the very end
+        import shutil
+
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_finish(session):

@@ -25,6 +25,10 @@ def _enable_x64() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    # compiled programs are kept on disk for the next command (twin.compile_cache)
+    from twin import compile_cache
+
+    compile_cache.enable()
 
 
 def build_parser() -> argparse.ArgumentParser:
