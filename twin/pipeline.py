@@ -146,6 +146,12 @@ class PipelineConfig:
     # planning stage (twin.planning): off unless asked ([plan] in the config; the full demo)
     plan: bool = False
     plan_limits: tuple = ("Kidney:bed_gy<=40", "RedMarrow:dose_gy<=2")
+    # the planner's bounds (twin.planning.PlanSettings; `twin plan` options of the same names)
+    plan_activity_gbq: tuple = (3.7, 11.1)
+    plan_max_cycles: int = 6
+    plan_interval_weeks: float = 6.0
+    plan_quantile: float = 0.95
+    plan_samples: int = 48
     # MBAM stage: the sloppiness spectrum at the twin and a reduction's hierarchy ([reduce])
     reduce: bool = True
     reduction: str | None = None
@@ -164,6 +170,19 @@ class PipelineConfig:
         for k, v in self.limits.items():
             if not (isinstance(v, (int, float)) and v > 0):
                 raise InputError(f"limit of {k} must be a positive number of Gy, got {v!r}")
+        if self.plan:
+            self.plan_settings().validate()
+
+    def plan_settings(self):
+        """The planner's settings (:class:`twin.planning.optimise.PlanSettings`)."""
+        from twin.planning.optimise import PlanSettings
+
+        lo_hi = tuple(self.plan_activity_gbq)
+        if len(lo_hi) != 2:
+            raise InputError(f"plan activity_gbq must be [low, high] in GBq, got {lo_hi!r}")
+        return PlanSettings(activity_gbq=lo_hi, max_cycles=self.plan_max_cycles,
+                            interval_weeks=float(self.plan_interval_weeks),
+                            quantile=float(self.plan_quantile), n_samples=self.plan_samples)
 
     def as_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
@@ -683,7 +702,7 @@ def run_pipeline(study_dir, config: PipelineConfig, out, *, progress: Progress |
         progress.stage("plan", "planning activity and cycles under the organ limits")
         limits = [parse_limit(str(t)) for t in config.plan_limits]
         # on the twin's clock: the cycle the SPECT measured is delivered, the rest is planned
-        plan = plan_twin(post, limits, twin_regimen=regimen)
+        plan = plan_twin(post, limits, config.plan_settings(), twin_regimen=regimen)
         plan_table = plan.to_frame()
         write_csv_atomic(plan_table, out / "plan.csv")
         write_csv_atomic(plan.summary(config.level), out / "plan_summary.csv")

@@ -31,8 +31,8 @@ def test_run_on_the_demo_dicom_gives_the_demo_results_and_a_plan(demo_dir, tmp_p
     red = tmp_path / "REDUCED.json"
     red.write_text(json.dumps(reduced_doc()))
     cfg = tmp_path / "my_config.toml"
-    extra = ('[plan]\nenabled = true\nlimits = ["Kidney:bed_gy<=40"]\n\n'
-             '[reduce]\nfile = "REDUCED.json"')
+    extra = ('[plan]\nenabled = true\nlimits = ["Kidney:bed_gy<=40"]\nmax_cycles = 3\n'
+             'activity_gbq = [3.7, 9.25]\nsamples = 24\n\n[reduce]\nfile = "REDUCED.json"')
     cfg.write_text(user_config(DEMO_SEED, "\n" + extra + "\n"))
     out = tmp_path / "results"
     assert main(["run", str(demo_dir / "study" / "dicom"), "--config", str(cfg),
@@ -60,8 +60,9 @@ def test_run_on_the_demo_dicom_gives_the_demo_results_and_a_plan(demo_dir, tmp_p
     from twin.dosimetry.radiobiology import bed, tissue
 
     plan = Regimen.from_csv(out / "plan.csv")
-    assert 1 <= len(plan.administrations) <= 6
-    assert all(3700 - 1e-6 <= a.activity_mbq <= 11100 + 1e-6 for a in plan.administrations)
+    # the [plan] settings are honoured: at most 3 cycles (the delivered one counts), 3.7-9.25 GBq
+    assert 1 <= len(plan.administrations) <= 3
+    assert all(3700 - 1e-6 <= a.activity_mbq <= 9250 + 1e-6 for a in plan.administrations)
     summary = pd.read_csv(out / "plan_summary.csv").set_index("region")
     assert summary.loc["Kidney", "margin_gy"] >= 0
     assert "cumulative BED per cycle" in text
@@ -111,6 +112,11 @@ def test_the_example_config_parses_and_matches_the_demo():
     ("[imaging]\npvc = 'gtm'\n", "needs pet_fwhm_mm"),
     ("[imaging]\npvc = 'rbv'\n", "must be"),
     ("[reduce]\nenabled = 'yes'\n", "expected a bool"),
+    ("[plan]\nenabled = true\nmax_cycles = 0\n", "max_cycles must be a positive integer"),
+    ("[plan]\nenabled = true\nactivity_gbq = [3.7]\n", "activity_gbq must be [low, high]"),
+    ("[plan]\nenabled = true\nactivity_gbq = [9.0, 4.0]\n", "contradictory activity bounds"),
+    ("[plan]\nactivity_gbq = ['a', 'b']\n", "expected a float"),
+    ("[plan]\nquantile = 'high'\n", "expected a float"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, text, message):
     cfg = tmp_path / "c.toml"

@@ -31,7 +31,10 @@ _SCHEMA = {
     "prediction": {"samples": ("samples", int), "seed": ("sample_seed", int),
                    "level": ("level", float), "days": ("days", float)},
     "report": {"title": (None, str), "tac_regions": ("tac_regions", list)},
-    "plan": {"enabled": ("plan", bool), "limits": ("plan_limits", list)},
+    "plan": {"enabled": ("plan", bool), "limits": ("plan_limits", list),
+             "activity_gbq": ("plan_activity_gbq", list), "max_cycles": ("plan_max_cycles", int),
+             "interval_weeks": ("plan_interval_weeks", float),
+             "quantile": ("plan_quantile", float), "samples": ("plan_samples", int)},
     "reduce": {"enabled": ("reduce", bool), "file": ("reduction", str)},
 }
 _TABLES = ("regions", "limits")  # free-form {name: value} tables
@@ -117,6 +120,8 @@ def load_config(path) -> tuple:
             elif key in ("masks", "mask_names") or (section, key) == ("reduce", "file"):
                 p = Path(value)
                 kw[name] = str(p if p.is_absolute() else path.parent / p)
+            elif key == "activity_gbq":
+                kw[name] = tuple(_typed(x, float, f"{path}: [plan] activity_gbq") for x in value)
             elif typ is list:
                 kw[name] = tuple(str(x) for x in value)
             elif key == "ligand_nmol":
