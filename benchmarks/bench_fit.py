@@ -41,7 +41,7 @@ jax.config.update("jax_enable_x64", True)
 from scipy.optimize import least_squares  # noqa: E402
 
 from calibration.fit import (BOUND_SD, COARSE_RTOL, Objective, build_problem, fit,  # noqa: E402
-                             synthetic_observations, _problem_data)
+                             observed_amounts, synthetic_observations, _problem_data)
 from pbpk_models.regimen import Administration, Regimen  # noqa: E402
 from pbpk_models.simulate import SolverSettings, solve_core  # noqa: E402
 
@@ -71,7 +71,7 @@ def residual_only(problem, settings=None):
         preds = []
         for core, seg in zip(cores, data["segments"]):
             out = core(p, *seg["arrays"])
-            amt = jnp.sum(out["amounts"][seg["ts"], seg["rp"], :] * seg["rw"], axis=-1)
+            amt = observed_amounts(out["amounts"], seg["ts"], seg["rp"], seg["rw"])
             preds.append(amt * seg["mbq"][seg["rp"]])
         pred = jnp.concatenate(preds)
         return jnp.concatenate([(pred - data["y"]) / data["sigma"],
@@ -124,7 +124,7 @@ def scipy_residual(problem, method: str = "LSODA", rtol: float = 1e-8, atol: flo
                 out[sel] = sol.y.T[np.searchsorted(t_eval, ts[sel])]
                 y = sol.y[:, -1].copy()
             amt = np.asarray(full.region_amounts(out))
-            obs_amt = np.sum(amt[s.ts_index, s.rp_index, :] * s.region_weights, axis=-1)
+            obs_amt = observed_amounts(amt, s.ts_index, s.rp_index, s.region_weights)
             preds.append(obs_amt * s.mbq_per_nmol[s.rp_index])
         pred = np.concatenate(preds)
         return np.concatenate([(pred - problem.y) / problem.sigma, W @ (theta - mu)])

@@ -123,19 +123,35 @@ def noise_model(modality: str, region: str, table=None) -> NoiseModel:
     modality, or a ``(modality, 'lesion'|'organ')`` pair, to a :class:`NoiseModel`; a pair takes
     precedence, so ``{"SPECT": m}`` applies ``m`` to every SPECT row.
     """
-    if table is None:
-        return (NOISE_LESION if is_lesion(region) else NOISE)[modality]
     kind = "lesion" if is_lesion(region) else "organ"
+    if table is None:
+        table = NOISE_LESION if kind == "lesion" else NOISE
     if (modality, kind) in table:
         return table[(modality, kind)]
-    return table[modality]
+    if modality in table:
+        return table[modality]
+    known = sorted({k if isinstance(k, str) else k[0] for k in table})
+    raise InputError(f"no noise model for modality {modality!r} ({kind} {region!r}); known: "
+                     f"{', '.join(known)}")
 
 
 def noise_sigma(modalities, regions, activity_mbq, table=None) -> np.ndarray:
     """sigma (MBq) of each row from :func:`noise_model` at ``activity_mbq`` (clipped at 0)."""
-    a = np.clip(np.asarray(activity_mbq, dtype=np.float64), 0.0, None)
+    a = np.clip(np.asarray(activity_mbq, dtype=np.float64), 0.0, None).reshape(-1)
+    modalities, regions = list(modalities), list(regions)
+    if not len(modalities) == len(regions) == a.size:
+        raise InputError(f"noise_sigma needs one modality and one region per activity, got "
+                         f"{len(modalities)}, {len(regions)} and {a.size}")
     return np.array([noise_model(m, r, table).sigma(x) for m, r, x in zip(modalities, regions, a)],
-                    dtype=np.float64).reshape(a.shape)
+                    dtype=np.float64)
+
+
+def observed_amounts(amounts, ts_index, rp_index, weights):
+    """Per data row, the amount (nmol) of its observed region: the sum of the model regions it
+    covers (``weights`` (rows, model regions), one 1 per row unless the region is a group) of
+    ``amounts`` (times, radiopharmaceuticals, model regions) at the row's time and
+    radiopharmaceutical. NumPy or JAX arrays (used by the fit, MBAM and the benchmarks)."""
+    return (amounts[ts_index, rp_index, :] * weights).sum(axis=-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -446,8 +462,7 @@ def _compiled(problem: Problem):
         preds, ok = [], jnp.array(True)
         for core, seg in zip(cores, data["segments"]):
             out = core(p, *seg["arrays"], rtol=data["rtol"] if traced_rtol else None)
-            # each observed region: the sum of its model regions (one, or a group)
-            amt = jnp.sum(out["amounts"][seg["ts"], seg["rp"], :] * seg["rw"], axis=-1)
+            amt = observed_amounts(out["amounts"], seg["ts"], seg["rp"], seg["rw"])
             preds.append(amt * seg["mbq"][seg["rp"]])
             ok = ok & out["ok"]
         pred = jnp.concatenate(preds)
@@ -576,7 +591,8 @@ REWEIGHT_RTOL = 1e-3     # stop reweighting when no sigma changes by more than t
 
 
 def _model_sigma(problem: Problem, activity_mbq) -> np.ndarray:
-    """Noise-model sigma (:data:`NOISE`) of each data row (segment order) at ``activity_mbq``."""
+    """Noise-model sigma (:func:`noise_sigma`) of each data row (segment order) at
+    ``activity_mbq``."""
     o = problem.observations
     return noise_sigma(o.modality[problem.rows], o.region[problem.rows], activity_mbq)
 

@@ -295,12 +295,14 @@ class PredictionMap:
     def predict(self, theta):
         import jax.numpy as jnp
 
+        from calibration.fit import observed_amounts
+
         p = self.params(theta)
         obs_parts, tia_parts, curve_parts = [], [], []
         for seg in self.segments:
             out = seg["core"](p, *seg["arrays"])
             amounts = out["amounts"]
-            amt = jnp.sum(amounts[seg["ts"], seg["rp"], :] * seg["rw"], axis=-1)
+            amt = observed_amounts(amounts, seg["ts"], seg["rp"], seg["rw"])
             obs_parts.append(amt * seg["mbq"][seg["rp"]])
             if len(seg["preserve"]):
                 tia_parts.append(out["tia_nmol_h"][0, seg["preserve"]]

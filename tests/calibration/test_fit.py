@@ -265,6 +265,12 @@ def test_noise_classes_organs_and_lesions_hand_calculation():
     assert noise_model("SPECT", "Kidney", both) is NOISE["SPECT"]
     got = noise_sigma(["SPECT", "SPECT"], ["Kidney", "Tumor1"], [a, -1.0])
     np.testing.assert_allclose(got, [math.hypot(0.15 * a, 0.5), 0.5])
+    with pytest.raises(InputError, match="no noise model for modality 'MRI'"):
+        noise_model("MRI", "Kidney")
+    with pytest.raises(InputError, match="no noise model for modality 'PET'.*known: SPECT"):
+        noise_model("PET", "Tumor1", both)
+    with pytest.raises(InputError, match="one modality and one region per activity"):
+        noise_sigma(["SPECT"], ["Kidney", "SG"], [1.0, 2.0])
     obs = synthetic_observations(REGIMEN, DESIGN, TRUTH, seed=None)
     for i in range(len(obs.region)):
         c = (0.16 if obs.modality[i] == "PET" else 0.18) if obs.region[i].startswith("Tumor") \

@@ -18,7 +18,7 @@ _COMMANDS = ("demo", "run", "simulate", "fit", "reduce", "inspect_cmd", "dose", 
              "stp", "trial", "cohort")
 
 
-def _enable_x64() -> None:
+def _configure_jax() -> None:
     # The command line owns the process, so it may switch JAX to 64-bit (PBPK needs float64);
     # library code only checks (see pbpk_models.precision).
     os.environ.setdefault("JAX_ENABLE_X64", "1")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     interrupt.install()
     try:
-        _enable_x64()
+        _configure_jax()
         return int(args.func(args) or 0)
     except TwinError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
