@@ -306,7 +306,7 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
         raise InputError(f"{where}: radiopharmaceutical(s) {', '.join(unknown_rp)} are not in the "
                          f"regimen ({', '.join(given)}); add the administration to the regimen")
     regions = spec.regions
-    summed = _check_region_groups(region_groups, regions)
+    summed = check_region_groups(region_groups, regions)
     bad_regions = sorted(set(obs.region) - set(regions) - set(summed))
     if bad_regions:
         raise InputError(f"{where}: unknown region(s) {', '.join(bad_regions)} for {model_name}; "
@@ -367,7 +367,7 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
             np.array([names.index(obs.radiopharmaceutical[i]) for i in rows], np.int32),
             np.searchsorted(ts, t_abs[rows]).astype(np.int32),
             np.asarray(m.mbq_per_nmol, np.float64), rows,
-            _region_weights([obs.region[i] for i in rows], m.regions, summed)))
+            region_weights([obs.region[i] for i in rows], m.regions, summed)))
         ys.append(obs.activity_mbq[rows])
         if noise == "model":
             sigmas.append(noise_sigma(obs.modality[rows], obs.region[rows],
@@ -385,7 +385,7 @@ def build_problem(observations: Observations, regimen: Regimen, model: str = "ps
                    np.concatenate(rows_all), noise, settings, tuple(msgs), summed)
 
 
-def _check_region_groups(region_groups, regions) -> dict:
+def check_region_groups(region_groups, regions) -> dict:
     """{observed region: tuple of model regions}, checked against the model's regions."""
     if not region_groups:
         return {}
@@ -407,7 +407,7 @@ def _check_region_groups(region_groups, regions) -> dict:
     return out
 
 
-def _region_weights(observed, model_regions, groups) -> np.ndarray:
+def region_weights(observed, model_regions, groups) -> np.ndarray:
     """(rows, model regions) 0/1 matrix: which model regions each observed region sums."""
     w = np.zeros((len(observed), len(model_regions)))
     for k, name in enumerate(observed):

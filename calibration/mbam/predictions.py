@@ -351,11 +351,11 @@ def prediction_map(spec, protocol: Protocol, names, values=None, reference=None,
     if not names and not allow_empty:
         raise InputError(f"model {spec.name}: no parameters to reduce (the MBAM parameter set is "
                          f"empty); name them in the protocol's 'parameters' or with --parameters")
-    from calibration.fit import _check_region_groups, _region_weights
+    from calibration.fit import check_region_groups, region_weights
 
     regions = spec.regions
     try:
-        groups = _check_region_groups(dict(protocol.region_groups), regions)
+        groups = check_region_groups(dict(protocol.region_groups), regions)
     except InputError as exc:
         raise InputError(f"{protocol.source}: {exc}") from None
     bad = sorted({o.region for o in protocol.observations} - set(regions) - set(groups)
@@ -404,7 +404,7 @@ def prediction_map(spec, protocol: Protocol, names, values=None, reference=None,
             "rp": jnp.asarray([rnames.index(rp)] * len(rows), dtype=jnp.int32),
             "ts": jnp.asarray(np.searchsorted(ts, t_abs), dtype=jnp.int32),
             # (rows, model regions): an observed region is the sum of its members
-            "rw": jnp.asarray(_region_weights([protocol.observations[i].region for i in rows],
+            "rw": jnp.asarray(region_weights([protocol.observations[i].region for i in rows],
                                               m.regions, groups)),
             "mbq": jnp.asarray(m.mbq_per_nmol),
             "preserve": np.array([m.regions.index(r) for r in protocol.preserve] if keep

@@ -2,10 +2,11 @@
 
 Fixed interface (shared/CLI.md): ``twin cohort FOLDER --out DIR/ [--scheduler ADDRESS]``;
 added: ``--config CONFIG.toml`` (the ``twin run`` format, docs/run.md) and ``--method
-pipeline|kinetics``. With a config the default method is the whole pipeline per patient
+pipeline|kinetics``. The default method is the whole pipeline per patient
 (:func:`twin.pipeline.run_pipeline`: observe, calibrate with ``calibration.fit``, predict, voxel
-dose, report), each patient's outputs in DIR/patients/<name>/; without one, the lighter
-kinetics method (region TIA from sum-of-exponentials fits, no calibration).
+dose, report), with the configuration of ``--config`` or, without one, ``twin run``'s defaults;
+each patient's outputs in DIR/patients/<name>/. ``--method kinetics`` is the lighter method
+(region TIA from sum-of-exponentials fits of the SPECT series, no calibration).
 FOLDER holds one sub-folder per patient (DICOM: CT, PET, SPECT series, RTSTRUCT/SEG). Outputs:
 DIR/cohort_regions.csv (patient, region, radiopharmaceutical, tia_mbq_h, tia_low, tia_high,
 volume_ml, dose_gy; pipeline also tiac_h, dose_gy_per_gbq, mean_gy, max_gy, d98_gy, limit_gy,
@@ -32,9 +33,10 @@ def register(sub) -> None:
                     "--config CONFIG.toml (the format of `twin run`, docs/run.md) each patient "
                     "goes through the whole pipeline: read, observe, calibrate the twin "
                     "(calibration.fit), predict region TIA with credible intervals, voxel dose, "
-                    "report; outputs per patient in DIR/patients/<name>/. Without a config "
-                    "(or --method kinetics) the lighter method fits each region's SPECT series "
-                    "with exponentials and computes region TIA and self-dose. Writes "
+                    "report; outputs per patient in DIR/patients/<name>/. Without --config the "
+                    "pipeline runs with the defaults of `twin run`. --method kinetics is the "
+                    "lighter method: it fits each region's SPECT series with exponentials and "
+                    "computes region TIA and self-dose (no calibration). Writes "
                     "DIR/cohort_regions.csv and DIR/cohort_status.csv; failing patients are "
                     "reported, not fatal.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,11 +46,11 @@ def register(sub) -> None:
                    help="address of an existing Dask scheduler, e.g. tcp://host:8786 "
                         "(default: a LocalCluster on this machine)")
     p.add_argument("--config", type=Path, default=None,
-                   help="CONFIG.toml of the pipeline (same format as `twin run`, docs/run.md); "
-                        "makes the pipeline the default method")
-    p.add_argument("--method", choices=("pipeline", "kinetics"), default=None,
-                   help="per-patient method (default: pipeline with --config, else kinetics; "
-                        "pipeline without --config uses the default configuration)")
+                   help="CONFIG.toml of the pipeline (same format as `twin run`, docs/run.md; "
+                        "default: the defaults of `twin run`)")
+    p.add_argument("--method", choices=("pipeline", "kinetics"), default="pipeline",
+                   help="per-patient method: the whole pipeline, or region TIA from "
+                        "exponential fits of the SPECT series only (kinetics)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed task")
     p.add_argument("--spect-calibration", type=float, default=None,
@@ -78,7 +80,7 @@ def run(args) -> int:
         if args.method == "kinetics":
             raise InputError("--config configures the pipeline; drop it or use --method pipeline")
         config, _title = load_config(args.config)
-    method = args.method or ("pipeline" if config is not None else "kinetics")
+    method = args.method
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     if method == "pipeline":

@@ -2,7 +2,7 @@
 
 Two per-patient methods (``run_cohort(method=...)``):
 
-``"pipeline"`` (the default when a configuration is given; :func:`process_study_pipeline`): the
+``"pipeline"`` (the default; :func:`process_study_pipeline`): the
 whole pipeline of ``twin run`` (:func:`twin.pipeline.run_pipeline` with a
 :class:`twin.pipeline.PipelineConfig`, the same TOML format, docs/run.md): read and observe,
 calibrate the twin with :func:`calibration.fit` (MAP + Laplace posterior), predict the region
@@ -13,8 +13,7 @@ written into ``OUT/patients/<folder name>/``; they are first written into a hidd
 fails, so a failed patient leaves no partial output. With a remote scheduler the folders are
 written on the workers' file system (give an ``out`` that the workers share).
 
-``"kinetics"`` (the lighter method; the default without a configuration;
-:func:`process_study`):
+``"kinetics"`` (the lighter method, no calibration; :func:`process_study`):
 1. :func:`twin.imaging.load_study` reads the DICOM (CT, PET, SPECT, RTSTRUCT/SEG);
 2. :func:`twin.observe.observe` measures the region activity of every scan;
 3. the region TIA of the therapy radiopharmaceutical by :func:`twin.kinetics.fit_regions`
@@ -165,20 +164,19 @@ def process_study_pipeline(folder, config, out_root) -> dict:
 
 def run_cohort(folder, *, scheduler: str | None = None, n_workers: int = 2, retries: int = 1,
                spect_calibration_cps_per_mbq: float | None = None, progress: bool = True,
-               timeout_s: float | None = None, method: str | None = None, config=None,
+               timeout_s: float | None = None, method: str = "pipeline", config=None,
                out=None):
     """Process every study in ``folder`` on Dask; return (regions table, status table).
 
-    ``method``: 'pipeline' (needs ``out``; ``config`` a PipelineConfig, default
-    ``PipelineConfig()``) or 'kinetics'; None: 'pipeline' if a ``config`` is given, else
-    'kinetics'. ``spect_calibration_cps_per_mbq`` overrides the config's.
+    ``method``: 'pipeline' (the default; needs ``out``; ``config`` a PipelineConfig, default
+    ``PipelineConfig()``) or 'kinetics' (no ``config``). ``spect_calibration_cps_per_mbq``
+    overrides the config's.
     """
     import dataclasses
 
     import pandas as pd
     from dask.distributed import Client, LocalCluster, as_completed
 
-    method = method or ("pipeline" if config is not None else "kinetics")
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "pipeline":

@@ -122,3 +122,19 @@ def test_cohort_cli_config_errors(cohort, tmp_path, capsys):
                str(config)])
     assert rc != 0 and "inside" in capsys.readouterr().err
     assert not (studies / "inside").exists()
+    # the fixed interface without --config runs the whole pipeline too (twin run's defaults):
+    # the pipeline's own check of the output folder fires, the kinetics method has none
+    rc = main(["cohort", str(studies), "--out", str(studies / "inside")])
+    assert rc != 0 and "inside" in capsys.readouterr().err
+    assert not (studies / "inside").exists()
+
+
+def test_run_cohort_defaults_to_the_pipeline(cohort):
+    from twin.errors import InputError
+    from twin.trials.cohort import run_cohort
+
+    studies, _cal, _config, _truth = cohort
+    with pytest.raises(InputError, match="give out"):
+        run_cohort(studies)
+    with pytest.raises(InputError, match="method must be one of"):
+        run_cohort(studies, method="exponential", out=studies.parent / "o")
