@@ -8,9 +8,11 @@ curve's integral over 120 d.
 1. ``pbpk`` cohort: virtual patients with personal parameters drawn from the population prior
    (psma: calibration.default_prior; sstr: the parameters and CVs of MODELS['sstr'], cited),
    curves by ``simulate_batch``. Each patient has a PET at 1 h and one SPECT at a scan time t in
-   SCAN_TIMES_H; region activities with the noise of calibration.NOISE (PET 10% + 0.02 MBq,
-   SPECT 15% + 0.5 MBq: MIRD 26 calibration plus segmentation; sources there), sigma taken
-   from the *measured* value, as a clinic would.
+   SCAN_TIMES_H; region activities drawn with the per-class noise of calibration.noise_model
+   (organs calibration.NOISE: PET 10% + 0.02 MBq, SPECT 15% + 0.5 MBq; lesions
+   calibration.NOISE_LESION: PET 16%, SPECT 18%; sources there; ``--spect-noise`` scales every
+   SPECT proportional term), sigma taken from the *measured* value, as a clinic would; the noise
+   used is recorded in each output row (``noise``).
    - Twin prior: the PET-calibrated twin (calibration.fit from the population prior: a Laplace
      posterior) is the prior of the SPECT update (``Posterior.as_prior``). The update is done by
      importance sampling (twin.stp.importance_update): ``--draws`` draws from that prior, one
@@ -19,6 +21,9 @@ curve's integral over 120 d.
      the exact Bayesian update of the twin's prior (no second Laplace approximation) and costs
      one batched solve instead of a fit per patient and scan time. ``twin-pet-only``: the PET
      twin's prior median TIA, without the SPECT (what the SPECT adds).
+   - ``exact-shape``: the true TIA scaled by measured / true activity (the noise-only floor);
+     ``twin-window``: the estimate with the most posterior mass within +-10%; ``twin-ais``
+     (``--ais-times``): a second, adapted stage of draws (multiple importance sampling).
    - Hanscheid: A(t) 2t/ln2. Madsen: population T_eff per region = median mono-exponential
      T_eff (24-168 h, noise-free) of an *independent* reference population of the same prior
      (a clinic's own multi-time-point series: favourable to Madsen, but not the evaluated
@@ -41,7 +46,9 @@ of patients with |error| > 10%; the best scan time per method minimises that sha
 ``OUT/stp_error_vs_time.png``; ``--summarise-only`` pools all error CSVs in OUT.
 
 Usage: python benchmarks/validate_stp.py --model psma-pbrpk|sstr [--n 12] [--draws 256]
-[--cohort pbpk|biexp|both] [--out DIR]
+[--cohort pbpk|biexp|both] [--spect-noise 0.10] [--ais-times 48] [--out DIR]
+       python benchmarks/validate_stp.py --from-draws OUT/stp_draws_<model>.npz [--spect-noise S]
+[--use-draws K] [--likelihood predicted] --out DIR2      (the SPECT part again, nothing solved)
 (``--n 100`` for the README table: 100 PET fits and 100 x 256 draws solved in batches.)
 """
 
@@ -152,22 +159,78 @@ class Setup:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                return fit(obs, regimen, self.name, prior=prior, n_starts=1, max_nfev=40)
+                return fit(obs, regimen, self.name, prior=prior,
+                           n_starts=getattr(self, "n_starts", 1),
+                           max_nfev=getattr(self, "max_nfev", 40))
             except FitError:
                 return None
 
 
-def _obs(regions, t, act, rp, modality, rng):
-    """Noisy region activities with calibration.NOISE; sigma from the *measured* value (what the
-    clinic knows), the same noise model the fit assumes."""
-    from calibration import NOISE, Observations
+def noise_table(spect_noise=None):
+    """Noise models per (modality, region class) for calibration.noise_model: organs
+    calibration.NOISE, lesions calibration.NOISE_LESION (the classes the calibration uses).
+    ``spect_noise`` (sensitivity runs): the organ SPECT proportional term; every SPECT
+    proportional term is scaled by the same factor spect_noise / NOISE['SPECT'].proportional
+    (organs 15% -> spect_noise, lesions 18% -> 1.2 x spect_noise: the lesion recovery error is
+    taken to improve with the quantification in the same proportion); the 0.5 MBq floor stays."""
+    from calibration import NOISE, NOISE_LESION, NoiseModel
+
+    table = {}
+    for m in NOISE:
+        table[(m, "organ")] = NOISE[m]
+        table[(m, "lesion")] = NOISE_LESION.get(m, NOISE[m])
+    if spect_noise is not None:
+        k = spect_noise / NOISE["SPECT"].proportional
+        for kind in ("organ", "lesion"):
+            nm = table[("SPECT", kind)]
+            table[("SPECT", kind)] = NoiseModel(nm.proportional * k, nm.additive_mbq,
+                                                f"{nm.basis}; proportional term x {k:.3g} "
+                                                f"(sensitivity run)")
+    return table
+
+
+def noise_note(table):
+    """One-line description of the SPECT/PET noise classes used (written into the outputs)."""
+    return "; ".join(f"{m} {kind} {100 * nm.proportional:.1f}% + {nm.additive_mbq:g} MBq"
+                     for (m, kind), nm in table.items() if m in ("PET", "SPECT"))
+
+
+def _obs(regions, t, act, rp, modality, rng, table=None):
+    """Noisy region activities with the per-class noise of calibration.noise_model (organs
+    calibration.NOISE, lesions calibration.NOISE_LESION, or ``table``): y = A + sigma(A) z,
+    z ~ N(0, 1), clipped at 0; the sigma column is the noise model at the *measured* value (what
+    the clinic knows; calibration.fit's default noise='observations' uses it)."""
+    from calibration import Observations, noise_sigma
 
     act = np.asarray(act, float)
-    y = np.clip(act + NOISE[modality].sigma(act) * rng.standard_normal(act.shape), 0.0, None)
-    sig = NOISE[modality].sigma(y)
     n = len(regions)
+    mods = [modality] * n
+    y = np.clip(act + noise_sigma(mods, regions, act, table) * rng.standard_normal(act.shape),
+                0.0, None)
+    sig = noise_sigma(mods, regions, y, table)
     return Observations(np.array(regions, dtype=object), np.full(n, float(t)), y, sig,
-                        np.array([modality] * n, dtype=object), np.array([rp] * n, dtype=object))
+                        np.array(mods, dtype=object), np.array([rp] * n, dtype=object))
+
+
+def _sigma_at(pred, regions, table=None):
+    """Noise-model sigma (MBq) of SPECT region activities ``pred`` (..., R) (per-class)."""
+    from calibration import noise_model
+
+    nms = [noise_model("SPECT", r, table) for r in regions]
+    c = np.array([m.proportional for m in nms])
+    a = np.array([m.additive_mbq for m in nms])
+    return np.sqrt((c * np.clip(pred, 0.0, None)) ** 2 + a ** 2)
+
+
+def noise_floor_share(act, sigma, threshold=0.10):
+    """P(|y/A - 1| > threshold) for y = A + sigma z, z ~ N(0, 1) (clipping at 0 ignored: it
+    needs sigma > A): 2 Phi(-threshold A / sigma), the share of patients over the threshold for
+    an estimator that knows the curve's exact shape and only scales it by the one scan.
+    Mean over the given activities (any shape)."""
+    from scipy.stats import norm
+
+    act, sigma = np.asarray(act, float), np.asarray(sigma, float)
+    return float(np.mean(2.0 * norm.cdf(-threshold * act / sigma)))
 
 
 def _mono_t_eff(t, a):
@@ -197,19 +260,118 @@ def _simulate_chunked(S, regimen, thetas, times, tqdm, desc):
     return np.concatenate(acts), np.concatenate(tias), np.concatenate(oks), names
 
 
-def _update(pred, tia, ok, y, sig):
-    """twin.stp.importance_update; NaNs when too few draws solved."""
-    from twin.errors import InputError
-    from twin.stp import importance_update
+def _weights(pred, ok, y, sig, likelihood="measured", regions=None, table=None):
+    """Importance weights of one patient's draws given one SPECT: (usable-draw mask, normalised
+    weights of the usable draws), or None when fewer than 10 draws are usable.
 
-    try:
-        return importance_update(pred, tia, y, sig, ok)
-    except InputError:
-        return np.full(tia.shape[1], np.nan), np.full(tia.shape[1], np.nan), 0.0
+    ``likelihood='measured'``: as twin.stp.importance_update (Gaussian, each row's sigma at the
+    measured value, as calibration.fit's default). ``'predicted'``: the likelihood the
+    observations were drawn from, N(y; A, sigma(A)) with sigma from the per-class noise model at
+    each draw's *predicted* activity A, including its normalising -log sigma(A) term."""
+    good = np.asarray(ok, bool) & np.all(np.isfinite(pred), axis=1)
+    if good.sum() < 10:
+        return None
+    loglik = _loglik(pred[good], y, sig, likelihood, regions, table)
+    w = np.exp(loglik - loglik.max())
+    return good, w / w.sum()
+
+
+def _loglik(p, y, sig, likelihood="measured", regions=None, table=None):
+    """SPECT log-likelihood of each draw's predicted activities p (M, R) (see _weights)."""
+    if likelihood == "measured":
+        return -0.5 * np.sum(((p - y) / sig) ** 2, axis=1)
+    s_p = _sigma_at(p, regions, table)
+    return -0.5 * np.sum(((p - y) / s_p) ** 2, axis=1) - np.sum(np.log(s_p), axis=1)
+
+
+LOG_WINDOW = math.log(1.1 / 0.9)   # |estimate / truth - 1| <= 10%  <=>  truth in [c/1.1, c/0.9]
+
+
+def window_estimate(values, weights):
+    """Per column of ``values`` (M, K) with weights (M,): the estimate c maximising the weighted
+    mass of draws with |c / value - 1| <= 10% (the Bayes estimator for the loss 1{|error| > 10%}),
+    and that mass. Windows start at each draw (log scale), so c = 1.1 x that draw."""
+    v = np.log(np.clip(np.asarray(values, float), 1e-300, None))
+    est, mass = np.empty(v.shape[1]), np.empty(v.shape[1])
+    for k in range(v.shape[1]):
+        o = np.argsort(v[:, k])
+        lv, cw = v[o, k], np.concatenate([[0.0], np.cumsum(weights[o])])
+        hi = np.searchsorted(lv, lv + LOG_WINDOW, side="right")
+        m = cw[hi] - cw[np.arange(len(lv))]
+        b = int(np.argmax(m))
+        est[k], mass[k] = 1.1 * math.exp(lv[b]), m[b]
+    return est, mass
+
+
+def _update(pred, tia, ok, y, sig, likelihood="measured", regions=None, table=None):
+    """Importance update of one patient's draws with one SPECT (weights of :func:`_weights`):
+    dict with the posterior median TIA ``median`` (K,), the prior median ``prior_median``, the
+    effective sample size ``ess``, the posterior probability that the median is more than 10%
+    off ``p_over_median``, and the window estimate ``window`` with its ``p_over_window`` (1 -
+    its mass); NaNs when too few draws solved."""
+    from twin.stp import weighted_median
+
+    ok = np.asarray(ok, bool) & np.all(np.isfinite(tia), axis=1)
+    res = _weights(pred, ok, y, sig, likelihood, regions, table)
+    k = tia.shape[1]
+    if res is None:
+        nan = np.full(k, np.nan)
+        return {"median": nan, "prior_median": nan, "ess": 0.0, "p_over_median": nan,
+                "window": nan, "p_over_window": nan}
+    good, w = res
+    t = tia[good]
+    med = weighted_median(t, w)
+    p_med = np.sum(w[:, None] * (np.abs(med[None, :] / t - 1.0) > 0.10), axis=0)
+    win, mass = window_estimate(t, w)
+    return {"median": med, "prior_median": np.median(t, axis=0),
+            "ess": float(1.0 / np.sum(w * w)), "p_over_median": p_med, "window": win,
+            "p_over_window": 1.0 - mass}
+
+
+def _gauss_logpdf(x, mean, cov):
+    """log N(x; mean, cov) of each row of x (M, d)."""
+    L = np.linalg.cholesky(cov)
+    z = np.linalg.solve(L, (x - mean).T)
+    return (-0.5 * np.sum(z * z, axis=0) - np.sum(np.log(np.diag(L)))
+            - 0.5 * x.shape[1] * math.log(2 * math.pi))
+
+
+AIS_INFLATE = 2.0     # proposal covariance = AIS_INFLATE x weighted covariance of stage 1 ...
+AIS_RIDGE = 0.05      # ... + AIS_RIDGE x the prior covariance (tuning choices, not physics)
+
+
+def ais_proposal(theta, w, prior_mean, prior_cov):
+    """Stage-2 proposal of the adaptive importance update: a Gaussian at the weighted mean of
+    the stage-1 draws ``theta`` (M, d) with weights ``w`` (M,), covariance AIS_INFLATE x their
+    weighted covariance + AIS_RIDGE x the prior covariance (so it never collapses on one draw).
+    Returns (mean, cov)."""
+    mu = w @ theta
+    d = theta - mu
+    cov = AIS_INFLATE * (d * w[:, None]).T @ d + AIS_RIDGE * prior_cov
+    return mu, 0.5 * (cov + cov.T)
+
+
+def ais_log_weights(theta1, loglik1, theta2, loglik2, prior_mean, prior_cov, q_mean, q_cov):
+    """Multiple importance sampling (balance heuristic; Veach & Guibas, SIGGRAPH 1995; Owen &
+    Zhou, JASA 2000) of M1 prior draws and M2 proposal draws: log w = log prior + log lik -
+    log(f1 prior + f2 q), f_k = M_k / (M1 + M2). Unnormalised, (M1 + M2,)."""
+    th = np.vstack([theta1, theta2])
+    ll = np.concatenate([loglik1, loglik2])
+    lp = _gauss_logpdf(th, prior_mean, prior_cov)
+    lq = _gauss_logpdf(th, q_mean, q_cov)
+    f1 = len(theta1) / len(th)
+    mix = np.logaddexp(math.log(f1) + lp, math.log(1 - f1) + lq)
+    return lp + ll - mix
 
 
 COLUMNS = ["patient", "region", "time_h", "method", "tia_mbq_h", "tia_true_mbq_h", "cohort",
-           "measured_mbq", "ess"]
+           "measured_mbq", "ess", "p_post_over_10pct"]
+
+
+def _frame(rows):
+    """DataFrame of result rows (tuples may omit the trailing p_post_over_10pct)."""
+    n = len(COLUMNS)
+    return pd.DataFrame([tuple(r) + (np.nan,) * (n - len(r)) for r in rows], columns=COLUMNS)
 
 
 def _laplace_rows(S, posts, keys, truth, regions, names, n_draws, seed, tqdm):
@@ -239,14 +401,24 @@ def _laplace_rows(S, posts, keys, truth, regions, names, n_draws, seed, tqdm):
 
 
 def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_times=(),
-                importance=True):
+                importance=True, table=None, likelihood="measured", store_path=None,
+                ais_times=(), ais_draws=256, stage1_store=None):
     """PBPK cohort: population-prior patients, PET at 1 h, one SPECT per scan time.
+
+    The expensive part (true curves, PET fits, the draws of each PET twin solved at every scan
+    time) is saved to ``store_path`` (.npz) when given; the SPECT part (observations, classical
+    methods, importance update) is :func:`spect_rows`, which ``--from-draws`` reruns on a store
+    with another SPECT noise or likelihood without solving anything again.
 
     ``laplace_check``: for that many patients at 48 h also the Laplace path of twin.stp.twin_tia
     (calibration.fit with the PET twin as prior, posterior-median TIA over its Laplace draws):
-    method ``twin-laplace``, on the same observations as ``twin``."""
-    from twin.stp import twin_tia
-    from twin.stp import hanscheid_tia, madsen_tia
+    method ``twin-laplace``, on the same observations as ``twin``.
+
+    ``ais_times``: at these scan times also the adaptive importance update (``twin-ais``): a
+    second stage of ``ais_draws`` draws per patient from a Gaussian fitted to the weighted
+    first-stage draws (ais_proposal), combined with the first stage by multiple importance
+    sampling (ais_log_weights); same observations as ``twin``."""
+    from twin.stp import twin_tia, weighted_median
 
     rng = np.random.default_rng(seed)
     thetas = S.prior.sample_log(n, seed)
@@ -260,79 +432,213 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
     print(f"{S.name} cohort: {n} patients simulated in {time.perf_counter() - t0:.1f} s "
           f"({int((~ok).sum())} failed solves)", flush=True)
     ri = [names.index(r) for r in S.regions]
-    t_eff_pop = {r: float(np.median([_mono_t_eff(np.array(SCAN_TIMES_H), ref_act[i, k])
-                                     for i in range(n) if ref_ok[i]]))
-                 for r, k in zip(S.regions, ri)}
+    t_eff_pop = np.array([float(np.median([_mono_t_eff(np.array(SCAN_TIMES_H), ref_act[i, k])
+                                           for i in range(n) if ref_ok[i]])) for k in ri])
     print("reference-population median mono-exponential T_eff (h):",
-          {k: round(v, 1) for k, v in t_eff_pop.items()}, flush=True)
-    truth = {(i, r): float(tia[i, k]) for i in range(n) for r, k in zip(S.regions, ri)}
-    # 1. PET-calibrated twin of each patient: calibration.fit from the population prior
+          dict(zip(S.regions, t_eff_pop.round(1))), flush=True)
+    # 1. PET-calibrated twin of each patient: calibration.fit from the population prior (PET
+    # sigma per region class, calibration.noise_model)
     pet_posts = []
     for i in tqdm(range(n), desc=f"{S.name} PET fits"):
         if not (ok[i] and ok_pet[i]):
             pet_posts.append(None)
             continue
         o = _obs(S.regions, 1.0, pet_act[i, [pet_names.index(r) for r in S.regions], 0], S.pet,
-                 "PET", rng)
+                 "PET", rng, table)
         pet_posts.append(S.fit(o, S.petreg, S.prior))
     n_fail = sum(p is None for p in pet_posts)
     # 2. draws from each twin's posterior (= the prior of the SPECT update, Posterior.as_prior)
-    have = [i for i in range(n) if pet_posts[i] is not None]
-    if importance:
+    have = np.array([i for i in range(n) if pet_posts[i] is not None], dtype=int)
+    store = {"act": act[:, ri], "tia": tia[:, ri], "ok": ok, "have": have, "t_eff_pop": t_eff_pop,
+             "regions": np.array(S.regions), "times": np.array(SCAN_TIMES_H), "seed": seed,
+             "model": S.name, "draws": draws}
+    if importance and len(have):
         th = np.concatenate([pet_posts[i].as_prior().sample_log(draws, seed + 31 * i)
                              for i in have])
-        d_act, d_tia, d_ok, _ = _simulate_chunked(S, S.lureg, th, SCAN_TIMES_H, tqdm,
-                                                  f"{S.name} twin draws")
-        d_act = d_act.reshape(len(have), draws, d_act.shape[1], -1)[:, :, ri]
-        d_tia = d_tia.reshape(len(have), draws, -1)[:, :, ri]
-        d_ok = d_ok.reshape(len(have), draws)
+        if stage1_store is not None:
+            # the solved draws of an earlier run with the same model, n, seed and draws: the
+            # same patients, PET fits and draws (deterministic), so nothing is solved again
+            old = load_store(stage1_store)
+            if not (old["model"] == S.name and old["seed"] == seed and old["draws"] == draws
+                    and np.array_equal(old["have"], have)
+                    and np.allclose(old["tia"], store["tia"], rtol=1e-9, equal_nan=True)):
+                raise SystemExit(f"{stage1_store} was not made with this model, n, seed and "
+                                 f"--draws")
+            for k in ("d_act", "d_tia", "d_ok"):
+                store[k] = old[k]
+        else:
+            d_act, d_tia, d_ok, _ = _simulate_chunked(S, S.lureg, th, SCAN_TIMES_H, tqdm,
+                                                      f"{S.name} twin draws")
+            store["d_act"] = d_act.reshape(len(have), draws, d_act.shape[1], -1)[:, :, ri]
+            store["d_tia"] = d_tia.reshape(len(have), draws, -1)[:, :, ri]
+            store["d_ok"] = d_ok.reshape(len(have), draws)
+        store["d_theta"] = th.reshape(len(have), draws, -1)
+    if store_path is not None:
+        _save_store(store, store_path)
+    lap = {}
+
+    def on_obs(i, t, o):
+        if pet_posts[i] is None:
+            return []
+        rows = []
+        if t == 48.0 and i < laplace_check:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    res, _ = twin_tia(o, pet_posts[i], S.lureg, n_samples=draws, seed=seed + i,
+                                      check_peak=False, update="laplace")
+                    for j, r in enumerate(S.regions):
+                        rows.append((i, r, t, "twin-laplace", float(res["tia_mbq_h"][j]),
+                                     float(store["tia"][i, j]), "pbpk", np.nan, np.nan))
+                except Exception as exc:  # noqa: BLE001 - a failed fit is a result here
+                    print(f"twin-laplace failed for patient {i}: {exc}", flush=True)
+        if t in laplace_times:
+            lap.setdefault(t, []).append((S.fit(o, S.lureg, pet_posts[i].as_prior()), (i, t)))
+        if t in ais_times and "d_act" in store:
+            ais.setdefault(t, []).append((i, np.asarray(o.activity_mbq),
+                                          np.asarray(o.sigma_mbq)))
+        return rows
+
+    ais = {}
+    hidx = {int(i): h for h, i in enumerate(have)}
+
+    def ais_rows(it, t):
+        items = ais.pop(t, [])
+        if not items:
+            return []
+        regions = list(S.regions)
+        props, th2 = [], []
+        for k, (i, y, sig) in enumerate(items):
+            h = hidx[i]
+            pr = pet_posts[i].as_prior()
+            res = _weights(store["d_act"][h, :, :, it], store["d_ok"][h], y, sig, likelihood,
+                           regions, table)
+            good, w = res if res is not None else (np.ones(draws, bool), np.full(draws, 1 / draws))
+            q_mean, q_cov = ais_proposal(store["d_theta"][h][good], w, pr.mean_log, pr.cov_log)
+            z = np.random.default_rng([seed, 17, it, i]).standard_normal((ais_draws, len(q_mean)))
+            th2.append(q_mean + z @ np.linalg.cholesky(q_cov).T)
+            props.append((pr, q_mean, q_cov))
+        a2, t2, ok2, _ = _simulate_chunked(S, S.lureg, np.concatenate(th2), SCAN_TIMES_H, tqdm,
+                                           f"{S.name} adaptive draws {t:g} h")
+        a2 = a2.reshape(len(items), ais_draws, a2.shape[1], -1)[:, :, ri, it]
+        t2 = t2.reshape(len(items), ais_draws, -1)[:, :, ri]
+        ok2 = ok2.reshape(len(items), ais_draws)
+        rows = []
+        for k, (i, y, sig) in enumerate(items):
+            h = hidx[i]
+            pr, q_mean, q_cov = props[k]
+            p1, p2 = store["d_act"][h, :, :, it], a2[k]
+            ll1 = _loglik(np.nan_to_num(p1), y, sig, likelihood, regions, table)
+            ll2 = _loglik(np.nan_to_num(p2), y, sig, likelihood, regions, table)
+            lw = ais_log_weights(store["d_theta"][h], ll1, th2[k], ll2, pr.mean_log,
+                                 pr.cov_log, q_mean, q_cov)
+            tt = np.vstack([store["d_tia"][h], t2[k]])
+            good = (np.concatenate([store["d_ok"][h], ok2[k]])
+                    & np.all(np.isfinite(np.vstack([p1, p2])), axis=1)
+                    & np.all(np.isfinite(tt), axis=1) & np.isfinite(lw))
+            w = np.exp(lw[good] - lw[good].max())
+            w /= w.sum()
+            med = weighted_median(tt[good], w)
+            p_over = np.sum(w[:, None] * (np.abs(med[None, :] / tt[good] - 1.0) > 0.10),
+                            axis=0)
+            ess = float(1.0 / np.sum(w * w))
+            for j, r in enumerate(regions):
+                rows.append((i, r, t, "twin-ais", float(med[j]), float(store["tia"][i, j]),
+                             "pbpk", np.nan, ess, float(p_over[j])))
+        return rows
+
+    def on_time_end(it, t):
+        rows = ais_rows(it, t)
+        items = lap.pop(t, [])
+        if not items:
+            return rows
+        truth = {(i, r): float(store["tia"][i, j]) for i in range(n)
+                 for j, r in enumerate(S.regions)}
+        return rows + _laplace_rows(S, [p for p, _ in items], [k for _, k in items], truth,
+                                    S.regions, list(S.regions), 64, seed + 7919 * it, tqdm)
+
+    df = spect_rows(store, seed, table=table, likelihood=likelihood, checkpoint=checkpoint,
+                    on_obs=on_obs, on_time_end=on_time_end, importance=importance)
+    return df, n_fail
+
+
+def _save_store(store, path):
+    """Write a cohort store (.npz) atomically."""
+    from twin.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **store)
+
+
+def load_store(path):
+    """A cohort store written by cohort_pbpk (dict of arrays; scalars unwrapped)."""
+    with np.load(path, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    for k in ("seed", "draws", "model"):
+        d[k] = d[k].item()
+    return d
+
+
+def spect_rows(store, seed, table=None, likelihood="measured", checkpoint=None, on_obs=None,
+               on_time_end=None, importance=True, times=None):
+    """The SPECT part of the pbpk cohort on a store: per scan time and patient one SPECT of every
+    region (per-class noise ``table``, own random stream from ``seed``), and the estimates of
+    hanscheid, madsen (reference-population T_eff), exact-shape (the true TIA scaled by
+    measured / true activity: an estimator that knows the exact curve shape, i.e. the noise-only
+    floor), twin and twin-pet-only (importance update of the stored draws)."""
+    from twin.stp import hanscheid_tia, madsen_tia
+
+    rng = np.random.default_rng([seed, 9])   # SPECT stream, independent of the PET fits
+    regions = [str(r) for r in store["regions"]]
+    rp = MODELS[store["model"]]["therapy"]
+    have = {int(i): h for h, i in enumerate(store["have"])}
     rows = []
-    for it, t in enumerate(SCAN_TIMES_H):
-        lap_posts, lap_keys = [], []
-        for i in range(n):
-            if not ok[i]:
+    for it, t in enumerate(store["times"]):
+        t = float(t)
+        if times is not None and t not in times:
+            # keep the random stream aligned with a run over all scan times
+            rng.standard_normal((int(store["ok"].sum()), len(regions)))
+            continue
+        for i in range(len(store["ok"])):
+            if not store["ok"][i]:
                 continue
-            o = _obs(S.regions, t, act[i, ri, it], S.lu, "SPECT", rng)
+            a_true = store["act"][i, :, it]
+            o = _obs(regions, t, a_true, rp, "SPECT", rng, table)
             y, sig = np.asarray(o.activity_mbq), np.asarray(o.sigma_mbq)
-            for j, r in enumerate(S.regions):
-                ref = truth[(i, r)]
+            for j, r in enumerate(regions):
+                ref = float(store["tia"][i, j])
                 # madsen-lit (literature T_eff) is computed from measured_mbq in summarise()
                 rows.append((i, r, t, "hanscheid", float(hanscheid_tia(y[j], t)), ref, "pbpk",
                              y[j], np.nan))
-                rows.append((i, r, t, "madsen", float(madsen_tia(y[j], t, t_eff_pop[r])), ref,
-                             "pbpk", y[j], np.nan))
-            if pet_posts[i] is None:
+                rows.append((i, r, t, "madsen", float(madsen_tia(y[j], t,
+                                                                 store["t_eff_pop"][j])),
+                             ref, "pbpk", y[j], np.nan))
+                rows.append((i, r, t, "exact-shape", ref * y[j] / a_true[j], ref, "pbpk", y[j],
+                             np.nan))
+            if on_obs is not None:
+                rows += on_obs(i, t, o)
+            if not importance or i not in have or "d_act" not in store:
                 continue
-            if t == 48.0 and i < laplace_check:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    try:
-                        lap, _ = twin_tia(o, pet_posts[i], S.lureg, n_samples=draws,
-                                          seed=seed + i, check_peak=False, update="laplace")
-                        for j, r in enumerate(S.regions):
-                            rows.append((i, r, t, "twin-laplace", float(lap["tia_mbq_h"][j]),
-                                         truth[(i, r)], "pbpk", np.nan, np.nan))
-                    except Exception as exc:  # noqa: BLE001 - a failed fit is a result here
-                        print(f"twin-laplace failed for patient {i}: {exc}", flush=True)
-            if t in laplace_times:
-                lap_posts.append(S.fit(o, S.lureg, pet_posts[i].as_prior()))
-                lap_keys.append((i, t))
-            if not importance:
-                continue
-            h = have.index(i)
-            med, pet_only, ess = _update(d_act[h, :, :, it], d_tia[h], d_ok[h], y, sig)
-            for j, r in enumerate(S.regions):
-                rows.append((i, r, t, "twin", float(med[j]), truth[(i, r)], "pbpk", np.nan, ess))
-                rows.append((i, r, t, "twin-pet-only", float(pet_only[j]), truth[(i, r)],
-                             "pbpk", np.nan, np.nan))
-        if lap_posts:
-            rows += _laplace_rows(S, lap_posts, lap_keys, truth, S.regions, names, 64,
-                                  seed + 7919 * it, tqdm)
-        checkpoint(pd.DataFrame(rows, columns=COLUMNS))
-    return pd.DataFrame(rows, columns=COLUMNS), n_fail
+            h = have[i]
+            u = _update(store["d_act"][h, :, :, it], store["d_tia"][h], store["d_ok"][h], y, sig,
+                        likelihood, regions, table)
+            for j, r in enumerate(regions):
+                ref = float(store["tia"][i, j])
+                rows.append((i, r, t, "twin", float(u["median"][j]), ref, "pbpk", np.nan,
+                             u["ess"], float(u["p_over_median"][j])))
+                rows.append((i, r, t, "twin-window", float(u["window"][j]), ref, "pbpk",
+                             np.nan, u["ess"], float(u["p_over_window"][j])))
+                rows.append((i, r, t, "twin-pet-only", float(u["prior_median"][j]), ref, "pbpk",
+                             np.nan, np.nan))
+        if on_time_end is not None:
+            rows += on_time_end(it, t)
+        if checkpoint is not None:
+            checkpoint(_frame(rows))
+    return _frame(rows)
 
 
-def cohort_biexp(S, n, seed, draws, tqdm, checkpoint):
+def cohort_biexp(S, n, seed, draws, tqdm, checkpoint, table=None, likelihood="measured"):
     """Curves not made by the PBPK model (see the module docstring); twin without PET: the
     population prior (one shared set of draws) updated with the SPECT."""
     from twin.stp import hanscheid_tia, literature_t_eff_h
@@ -366,17 +672,17 @@ def cohort_biexp(S, n, seed, draws, tqdm, checkpoint):
             a_true = np.array([params[(i, r)][0] * (math.exp(-params[(i, r)][1] * t) -
                                                     math.exp(-params[(i, r)][2] * t))
                                for r in regions])
-            o = _obs(regions, t, a_true, S.lu, "SPECT", rng)
+            o = _obs(regions, t, a_true, S.lu, "SPECT", rng, table)
             y, sig = np.asarray(o.activity_mbq), np.asarray(o.sigma_mbq)
             for j, r in enumerate(regions):
                 rows.append((i, r, t, "hanscheid", float(hanscheid_tia(y[j], t)), truth[(i, r)],
                              "biexp", y[j], np.nan))
-            med, _, ess = _update(d_act[:, :, it], d_tia, d_ok, y, sig)
+            u = _update(d_act[:, :, it], d_tia, d_ok, y, sig, likelihood, list(regions), table)
             for j, r in enumerate(regions):
-                rows.append((i, r, t, "twin", float(med[j]), truth[(i, r)], "biexp", np.nan,
-                             ess))
-        checkpoint(pd.DataFrame(rows, columns=COLUMNS))
-    return pd.DataFrame(rows, columns=COLUMNS), 0
+                rows.append((i, r, t, "twin", float(u["median"][j]), truth[(i, r)], "biexp",
+                             np.nan, u["ess"], float(u["p_over_median"][j])))
+        checkpoint(_frame(rows))
+    return _frame(rows), 0
 
 
 def summarise(df):
@@ -384,6 +690,9 @@ def summarise(df):
     from twin.stp import RP_OF_MODEL, literature_t_eff_h, madsen_tia
 
     df = df.copy()
+    if "noise" not in df:
+        df["noise"] = "not recorded"
+    df["noise"] = df["noise"].fillna("not recorded")
     # Madsen with the literature population T_eff, from the stored measured activity
     lit = []
     cls = df[df["method"] == "hanscheid"]
@@ -405,10 +714,14 @@ def summarise(df):
         e = np.abs(g["err"].dropna())
         return pd.Series({"n": len(e), "median_abs_err": e.median(),
                           "p90_abs_err": e.quantile(0.9), "share_over_10pct": (e > 0.10).mean(),
-                          "median_signed_err": g["err"].median()})
+                          "median_signed_err": g["err"].median(),
+                          "posterior_predicted_share": g["p_post_over_10pct"].mean()})
 
-    keys = ["model", "cohort", "region", "method"]
-    summ = df.groupby(keys + ["time_h"])[["err"]].apply(agg).reset_index()
+    keys = ["model", "cohort", "noise", "region", "method"]
+    if "p_post_over_10pct" not in df:
+        df["p_post_over_10pct"] = np.nan
+    summ = (df.groupby(keys + ["time_h"])[["err", "p_post_over_10pct"]].apply(agg)
+            .reset_index())
     best = (summ.sort_values(["share_over_10pct", "median_abs_err"])
             .groupby(keys).head(1).sort_values(keys))
     return df, summ, best
@@ -418,16 +731,18 @@ def goal_ratios(best):
     """Each twin variant's share > 10% over the better classical method's (each method at its
     best scan time)."""
     rows = []
-    for (model, cohort, region), g in best.groupby(["model", "cohort", "region"]):
+    for (model, cohort, noise, region), g in best.groupby(["model", "cohort", "noise",
+                                                           "region"]):
         s = g.set_index("method")["share_over_10pct"]
         classical = [m for m in ("hanscheid", "madsen", "madsen-lit") if m in s]
         if not classical:
             continue
         cbest = min(classical, key=lambda m: s[m])
-        for twin in ("twin", "twin-laplace", "twin-map"):
+        for twin in ("twin", "twin-ais", "twin-window", "twin-laplace", "twin-map"):
             if twin not in s:
                 continue
-            rows.append({"model": model, "cohort": cohort, "region": region, "twin": twin,
+            rows.append({"model": model, "cohort": cohort, "noise": noise, "region": region,
+                         "twin": twin,
                          "twin_share": s[twin], "best_classical": cbest,
                          "classical_share": s[cbest],
                          "ratio": s[twin] / s[cbest] if s[cbest] > 0 else np.nan})
@@ -436,7 +751,8 @@ def goal_ratios(best):
 
 STYLE = {"hanscheid": ("C0", "-"), "madsen": ("C1", "-"), "madsen-lit": ("C1", ":"),
          "twin": ("C3", "-"), "twin-pet-only": ("C3", ":"), "twin-laplace": ("C2", "--"),
-         "twin-map": ("C2", ":")}
+         "twin-map": ("C2", ":"), "twin-ais": ("C4", "-"), "twin-window": ("C5", ":"),
+         "exact-shape": ("0.5", "--")}
 
 
 def plot(summ, path):
@@ -489,8 +805,11 @@ def report(df, out):
     ratios = goal_ratios(best)
     write_csv_atomic(summ, out / "stp_summary.csv")
     write_csv_atomic(ratios, out / "stp_goal_ratios.csv")
-    text = (_table(best) + "\n\nGoal: twin share > 10% / better classical share < 0.5 "
-            "(each at its best scan time)\n\n" + ratios.round(2).to_string(index=False))
+    notes = "\n".join(f"- {k}" for k in sorted(full["noise"].unique()))
+    text = ("Noise of the runs pooled here (observations drawn and weighted with it):\n" + notes
+            + "\n\n" + _table(best) + "\n\nGoal: twin share > 10% / better classical share < 0.5 "
+            "(each at its best scan time)\n\n" +
+            ratios.drop(columns=["noise"]).round(2).to_string(index=False))
     write_text_atomic(out / "stp_best.md", text + "\n")
     plot(summ, out / "stp_error_vs_time.png")
     return text
@@ -519,21 +838,80 @@ def main(argv=None):
     ap.add_argument("--cohort", choices=("pbpk", "biexp", "both"), default="both")
     ap.add_argument("--out", type=Path, default=Path("stp-validation"))
     ap.add_argument("--summarise-only", action="store_true",
-                    help="re-summarise OUT/stp_errors_*.csv (e.g. of parallel runs)")
+                    help="re-summarise OUT/stp_errors_*.csv and *.csv.gz (e.g. of parallel "
+                         "runs)")
+    ap.add_argument("--spect-noise", type=float, default=None, metavar="S",
+                    help="sensitivity: organ SPECT proportional noise S (default 0.15, "
+                         "calibration.NOISE); every SPECT proportional term (lesions 0.18) is "
+                         "scaled by S/0.15, the 0.5 MBq floor kept")
+    ap.add_argument("--likelihood", choices=("measured", "predicted"), default="measured",
+                    help="twin importance weights: Gaussian with sigma at the measured value "
+                         "(twin.stp.importance_update, default) or at each draw's prediction "
+                         "(the exact generating likelihood)")
+    ap.add_argument("--from-draws", type=Path, default=None, metavar="STORE.npz",
+                    help="pbpk cohort only: rerun the SPECT part (observations, classical "
+                         "methods, importance update) on a store saved by an earlier run "
+                         "(OUT/stp_draws_<model>.npz), with --spect-noise / --likelihood; "
+                         "nothing is solved again")
+    ap.add_argument("--ais-times", type=float, nargs="*", default=[],
+                    help="pbpk cohort: scan times (h) at which also the adaptive importance "
+                         "update runs (twin-ais: a second stage of --ais-draws draws per patient "
+                         "from a Gaussian fitted to the weighted first stage, multiple "
+                         "importance sampling)")
+    ap.add_argument("--ais-draws", type=int, default=256,
+                    help="second-stage draws per patient and scan time of the adaptive update")
+    ap.add_argument("--stage1-store", type=Path, default=None, metavar="STORE.npz",
+                    help="pbpk cohort: take the solved first-stage draws from the store of an "
+                         "earlier run with the same --model, --n, --seed and --draws (e.g. to add "
+                         "--ais-times without solving them again)")
+    ap.add_argument("--fit-max-nfev", type=int, default=40,
+                    help="calibration.fit budget (max_nfev) of the PET fits (and Laplace fits)")
+    ap.add_argument("--fit-starts", type=int, default=1,
+                    help="calibration.fit n_starts of the PET fits (and Laplace fits)")
+    ap.add_argument("--use-draws", type=int, default=None, metavar="K",
+                    help="with --from-draws: use only the first K draws of each patient (the "
+                         "draws of a run with --draws K on the same seed: a paired comparison "
+                         "of K against all draws)")
     args = ap.parse_args(argv)
     if args.draws < 10:
         ap.error("--draws must be at least 10")
+    if args.spect_noise is not None and not 0.0 < args.spect_noise < 1.0:
+        ap.error("--spect-noise must be between 0 and 1 (a fraction, e.g. 0.10)")
     from tqdm import tqdm
 
     from twin.atomic import write_csv_atomic
 
+    table = noise_table(args.spect_noise)
+    note = noise_note(table) + f"; twin weights: sigma at the {args.likelihood} activity"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.summarise_only:
-        df = pd.concat([pd.read_csv(p) for p in sorted(args.out.glob("stp_errors_*.csv"))])
+        paths = sorted(args.out.glob("stp_errors_*.csv")) + \
+            sorted(args.out.glob("stp_errors_*.csv.gz"))
+        if not paths:
+            ap.error(f"no stp_errors_*.csv[.gz] in {args.out}")
+        df = pd.concat([pd.read_csv(p) for p in paths])
+    elif args.from_draws is not None:
+        store = load_store(args.from_draws)
+        if args.use_draws is not None:
+            if not 10 <= args.use_draws <= store["draws"]:
+                ap.error(f"--use-draws must be between 10 and {store['draws']}")
+            for k in ("d_act", "d_tia", "d_ok"):
+                store[k] = store[k][:, :args.use_draws]
+            store["draws"] = args.use_draws
+        df = spect_rows(store, store["seed"], table=table, likelihood=args.likelihood)
+        df = df.assign(model=store["model"], noise=note)
+        write_csv_atomic(df, args.out / f"stp_errors_{store['model']}_pbpk.csv")
+        write_csv_atomic(ess_table(df), args.out / "stp_ess.csv")
+        write_csv_atomic(noise_floor_table(store, table), args.out / "stp_noise_floor.csv")
+        if "d_tia" in store:
+            write_csv_atomic(pet_twin_calibration_table(store),
+                             args.out / "stp_pet_twin_calibration.csv")
     else:
         S = Setup(args.model)
         S.chunk = args.chunk
+        S.max_nfev, S.n_starts = args.fit_max_nfev, args.fit_starts
+        print(f"noise: {note}", flush=True)
         fails = {}
         parts = []
         for cohort, fn in (("pbpk", cohort_pbpk), ("biexp", cohort_biexp)):
@@ -542,22 +920,98 @@ def main(argv=None):
             path = args.out / f"stp_errors_{args.model}_{cohort}.csv"
 
             def checkpoint(d, path=path):
-                d = d.assign(model=args.model)
+                d = d.assign(model=args.model, noise=note)
                 write_csv_atomic(d, path)
 
-            kw = {"laplace_check": args.laplace_check,
-                  "laplace_times": tuple(args.laplace_times),
-                  "importance": not args.no_importance} if cohort == "pbpk" else {}
+            kw = {"table": table, "likelihood": args.likelihood}
+            if cohort == "pbpk":
+                kw.update({"laplace_check": args.laplace_check,
+                           "laplace_times": tuple(args.laplace_times),
+                           "importance": not args.no_importance,
+                           "ais_times": tuple(args.ais_times), "ais_draws": args.ais_draws,
+                           "stage1_store": args.stage1_store,
+                           "store_path": args.out / f"stp_draws_{args.model}.npz"})
             d, f = fn(S, args.n, args.seed, args.draws, tqdm, checkpoint, **kw)
-            d = d.assign(model=args.model)
+            d = d.assign(model=args.model, noise=note)
             write_csv_atomic(d, path)
             parts.append(d)
             fails[cohort] = f
+            if cohort == "pbpk":
+                store = load_store(args.out / f"stp_draws_{args.model}.npz")
+                write_csv_atomic(noise_floor_table(store, table),
+                                 args.out / f"stp_noise_floor_{args.model}.csv")
+                if "d_tia" in store:
+                    write_csv_atomic(pet_twin_calibration_table(store),
+                                     args.out / f"stp_pet_twin_calibration_{args.model}.csv")
         df = pd.concat(parts)
+        write_csv_atomic(ess_table(df), args.out / f"stp_ess_{args.model}.csv")
         print(f"failed twin fits: {fails}")
     print(report(df, args.out))
     print(f"\nall scan times: {args.out / 'stp_summary.csv'}; plot "
           f"{args.out / 'stp_error_vs_time.png'}; {time.perf_counter() - t0:.0f} s")
+
+
+def ess_table(df):
+    """Effective sample size of the twin's importance weights per model, cohort and scan time
+    (one value per patient and scan time): quantiles and the share of updates with ESS < 20."""
+    d = df[df["method"].isin(["twin", "twin-ais"])].drop_duplicates(
+        ["model", "cohort", "method", "patient", "time_h"])
+    rows = []
+    for (m, c, meth, t), g in d.groupby(["model", "cohort", "method", "time_h"]):
+        e = g["ess"].dropna()
+        rows.append({"model": m, "cohort": c, "method": meth, "time_h": t, "n": len(e),
+                     "ess_p10": e.quantile(0.1),
+                     "ess_median": e.median(), "ess_p90": e.quantile(0.9),
+                     "share_ess_below_20": (e < 20).mean()})
+    return pd.DataFrame(rows)
+
+
+def pet_twin_calibration_table(store):
+    """Calibration of each PET twin (the prior of the SPECT update) against the true TIA, per
+    region: coverage of its 90% interval (ideal 0.90), mean and SD of the probability integral
+    transform P(draw < truth) (ideal 0.5 and 0.289), and its own predicted share of patients
+    whose median is more than 10% off against the measured one (twin-pet-only)."""
+    regions = [str(r) for r in store["regions"]]
+    rows = []
+    for j, r in enumerate(regions):
+        cov, pit, pred, meas = [], [], [], []
+        for h, i in enumerate(store["have"]):
+            x = store["d_tia"][h][store["d_ok"][h], j]
+            x = x[np.isfinite(x)]
+            if len(x) < 10:
+                continue
+            tr = store["tia"][i, j]
+            lo, hi = np.quantile(x, [0.05, 0.95])
+            med = np.median(x)
+            cov.append(lo <= tr <= hi)
+            pit.append(np.mean(x < tr))
+            pred.append(np.mean(np.abs(med / x - 1.0) > 0.10))
+            meas.append(abs(med / tr - 1.0) > 0.10)
+        rows.append({"model": store["model"], "region": r, "n": len(cov),
+                     "coverage_90": np.mean(cov), "pit_mean": np.mean(pit),
+                     "pit_sd": np.std(pit), "predicted_share_over_10pct": np.mean(pred),
+                     "measured_share_over_10pct": np.mean(meas)})
+    return pd.DataFrame(rows)
+
+
+def noise_floor_table(store, table):
+    """Noise-only floor per region and scan time: the analytic share of patients over 10% error
+    for an estimator that knows the exact curve shape (noise_floor_share at the cohort's true
+    activities and the per-class sigma), to compare with the measured exact-shape, hanscheid and
+    madsen shares."""
+    regions = [str(r) for r in store["regions"]]
+    ok = store["ok"]
+    rows = []
+    for it, t in enumerate(store["times"]):
+        a = store["act"][ok, :, it]
+        s = _sigma_at(a, regions, table)
+        for j, r in enumerate(regions):
+            rows.append({"model": store["model"], "region": r, "time_h": float(t),
+                         "floor_share_over_10pct": noise_floor_share(a[:, j], s[:, j])})
+        les = [j for j, r in enumerate(regions) if r in LESIONS]
+        rows.append({"model": store["model"], "region": "lesions", "time_h": float(t),
+                     "floor_share_over_10pct": noise_floor_share(a[:, les], s[:, les])})
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
