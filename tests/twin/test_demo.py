@@ -113,7 +113,10 @@ def test_ctrl_c_leaves_no_half_written_file(demo_dir, tmp_path):  # noqa: F811
     proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run",
                              str(demo_dir / "study" / "dicom"), "--config", str(cfg), "--out",
                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=str(Path(__file__).resolve().parents[2]))
+                            cwd=str(Path(__file__).resolve().parents[2]),
+                            # as from a terminal: a suite started in the background of a
+                            # non-interactive shell ignores SIGINT, and the child inherits that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 900
         while not (out / "observations.csv").exists():

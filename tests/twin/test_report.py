@@ -212,6 +212,9 @@ def test_interrupt_request_survives_a_swallowed_keyboardinterrupt():
 
     old = signal.getsignal(signal.SIGINT)
     try:
+        # Python's own handler, as in a terminal (a suite started in the background of a
+        # non-interactive shell ignores SIGINT, and install() keeps an ignoring handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         interrupt.install()
         try:
             signal.raise_signal(signal.SIGINT)
