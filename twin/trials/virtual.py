@@ -149,17 +149,11 @@ def guided_activities(doses, levels_gbq, limits=None, bounds=None, grid_points: 
     limits = default_limits() if limits is None else limits
     key = {("Kidney", "bed_gy"): "kidney_bed_gy", ("Kidney", "dose_gy"): "kidney_dose_gy",
            ("RedMarrow", "dose_gy"): "marrow_dose_gy", ("SG", "dose_gy"): "salivary_dose_gy"}
-    lv = np.concatenate([[0.0], np.asarray(levels_gbq, dtype=np.float64)])
     grid = np.linspace(lo, hi, grid_points)
     d = doses.as_dict()
     feasible_grid = np.ones((doses.kidney_bed_gy.shape[0], grid_points), dtype=bool)
     for lim in limits:
-        q = d[key[(lim.region, lim.quantity)]]
-        q = np.concatenate([np.zeros((q.shape[0], 1)), q], axis=1)
-        # piecewise-linear interpolation for every patient at once (levels shared)
-        j = np.clip(np.searchsorted(lv, grid, side="right") - 1, 0, lv.size - 2)
-        t = (grid - lv[j]) / (lv[j + 1] - lv[j])
-        val = q[:, j] * (1 - t) + q[:, j + 1] * t
+        val = _interp_levels(d[key[(lim.region, lim.quantity)]], levels_gbq, grid)
         feasible_grid &= val <= lim.value
     any_ok = feasible_grid.any(axis=1)
     last = grid_points - 1 - np.argmax(feasible_grid[:, ::-1], axis=1)
@@ -282,6 +276,19 @@ def _check_protocol(population, protocol, pet_times_h):
     return IMAGING[name], tuple(float(x) for x in np.sort(t))
 
 
+def _check_draws_quantile(n_draws, quantile) -> float:
+    """Posterior draws per patient (>= 2) and the quantile (default the planner's); returns q."""
+    from twin.planning import PlanSettings
+
+    if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
+        raise InputError(f"n_draws must be an integer >= 2 (posterior draws per patient for the "
+                         f"quantile), got {n_draws!r}")
+    q = PlanSettings().quantile if quantile is None else float(quantile)
+    if not 0.5 <= q < 1:
+        raise InputError(f"quantile must be in [0.5, 1), got {q}")
+    return q
+
+
 def imaged_twins(population, *, protocol: str = "pet", pet_times_h=None, seed: int = 0,
                  progress: bool = True, max_nfev: int = 60,
                  first_gbq: float = 7.4) -> ImagedTwins:
@@ -379,15 +386,9 @@ def twin_guided_activities(population, twins: ImagedTwins, levels_gbq, *, n_draw
     from dataclasses import replace
 
     from twin.dosimetry.organ import patient_params
-    from twin.planning import PlanSettings
 
     levels = check_levels(levels_gbq)
-    if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
-        raise InputError(f"n_draws must be an integer >= 2 (posterior draws per patient for the "
-                         f"quantile), got {n_draws!r}")
-    q = PlanSettings().quantile if quantile is None else float(quantile)
-    if not 0.5 <= q < 1:
-        raise InputError(f"quantile must be in [0.5, 1), got {q}")
+    q = _check_draws_quantile(n_draws, quantile)
     n = population.params.shape[0]
     if len(twins.posteriors) != n:
         raise InputError(f"{len(twins.posteriors)} twins for {n} virtual patients")
@@ -456,11 +457,7 @@ def quantile_guided(draw_doses, fitted, n: int, n_draws: int, levels_gbq, *,
     from twin.planning import PlanSettings
 
     levels = check_levels(levels_gbq)
-    q = PlanSettings().quantile if quantile is None else float(quantile)
-    if not 0.5 <= q < 1:
-        raise InputError(f"quantile must be in [0.5, 1), got {q}")
-    if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
-        raise InputError(f"n_draws must be an integer >= 2, got {n_draws!r}")
+    q = _check_draws_quantile(n_draws, quantile)
     fitted = np.asarray(fitted, dtype=int).reshape(-1)
     lo = (PlanSettings().activity_gbq if bounds is None else bounds)[0]
     if first_cycle is not None and lo < levels[0] - 1e-12:
@@ -528,8 +525,7 @@ def compare_arms(population: str = "mcrpc", n: int = 64, seed: int = 1,
     levels = check_levels(levels_gbq)
     if imaged:
         _check_protocol(population, protocol, pet_times_h)
-        if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
-            raise InputError(f"n_draws must be an integer >= 2, got {n_draws!r}")
+        _check_draws_quantile(n_draws, quantile)
     if not (isinstance(fixed_gbq, (int, float)) and np.isfinite(fixed_gbq) and fixed_gbq > 0):
         raise InputError(f"the fixed activity must be a positive number of GBq, got {fixed_gbq!r}")
     pop = sample(population, n, seed)
@@ -568,7 +564,7 @@ def compare_arms(population: str = "mcrpc", n: int = 64, seed: int = 1,
                      "draws_ok": tg["draws_ok"],
                      "fit_error": [e[:200] for e in twins.errors]}
             # the twin's quantile prediction at its own choice (surrogate interpolation)
-            extra["planned_kidney_bed_q_gy"] = _interp_rows(qd.kidney_bed_gy, levels, a)
+            extra["planned_kidney_bed_q_gy"] = _interp_levels(qd.kidney_bed_gy, levels, a, per_row=True)
             if twins.first_gbq is not None:
                 # cycle 1 at the fixed activity (the fixed arm's column), cycles 2..N at a
                 first = {k: v[:, [0]] for k, v in final.as_dict().items()}
@@ -599,15 +595,19 @@ def compare_arms(population: str = "mcrpc", n: int = 64, seed: int = 1,
     return pd.DataFrame(rows), pd.concat(per, ignore_index=True)
 
 
-def _interp_rows(values, levels, activity):
-    """Per row, ``values`` (n, L) at ``levels`` interpolated piecewise linearly (0 at 0) at
-    ``activity`` (n,), as :func:`guided_activities` interpolates (vectorised)."""
+def _interp_levels(values, levels, x, per_row: bool = False):
+    """``values`` (n, L) at ``levels`` interpolated piecewise linearly in activity, with 0 at 0
+    (the planner's surrogate), for every row at once: at the shared activities ``x`` (G,) ->
+    (n, G), or with ``per_row`` at one activity per row ``x`` (n,) -> (n,)."""
     lv = np.concatenate([[0.0], np.asarray(levels, dtype=np.float64)])
     v = np.concatenate([np.zeros((values.shape[0], 1)), values], axis=1)
-    j = np.clip(np.searchsorted(lv, activity, side="right") - 1, 0, lv.size - 2)
-    t = (activity - lv[j]) / (lv[j + 1] - lv[j])
-    r = np.arange(values.shape[0])
-    return v[r, j] * (1 - t) + v[r, j + 1] * t
+    x = np.asarray(x, dtype=np.float64)
+    j = np.clip(np.searchsorted(lv, x, side="right") - 1, 0, lv.size - 2)
+    t = (x - lv[j]) / (lv[j + 1] - lv[j])
+    if per_row:
+        r = np.arange(values.shape[0])
+        return v[r, j] * (1 - t) + v[r, j + 1] * t
+    return v[:, j] * (1 - t) + v[:, j + 1] * t
 
 
 def plot_operating_characteristics(table, path, title: str = ""):
