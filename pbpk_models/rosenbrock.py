@@ -47,8 +47,9 @@ Linear solver
 The compartment graph is hub-and-spoke. :func:`block_structure` removes the highest-degree
 states ("hubs", e.g. arterial and venous blood) greedily (three rules, see there) and keeps the
 hub set that minimises a flop estimate; the remaining states fall into connected components
-(organs), padded to a common size. ``M`` is then block-arrowhead, ``[[A, B], [C, D]]`` with A
-block-diagonal, and is solved by block elimination: every diagonal block inverted by
+(organs), grouped by size and padded to their group's block size (at most three groups: a
+model whose organs keep 1-4 states does not pay for 4 x 4 blocks everywhere). ``M`` is then
+block-arrowhead, ``[[A, B], [C, D]]`` with A block-diagonal, and is solved by block elimination: every diagonal block inverted by
 Gauss-Jordan elimination (vectorised over blocks), then the small Schur complement
 ``S = D - C A^-1 B``. No pivoting: ``M = I/(h gamma) - K`` is a column diagonally dominant
 M-matrix for a compartment operator K (non-negative off-diagonals, non-positive column sums),
@@ -119,16 +120,18 @@ def rodas5p() -> RosenbrockTableau:
 # -- block-arrowhead structure ------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockStructure:
-    """Padded block layout of n states: ``n_blocks`` blocks of ``block_size`` then ``n_hubs``.
+    """Padded block layout of n states: groups of blocks, then ``n_hubs`` hubs.
 
-    ``pos[i]``: padded index of state i; ``blocks``: tuple of state-index tuples; ``hubs``.
+    ``groups``: ``((block_size, n_blocks), ...)`` in layout order (largest blocks first); the
+    blocks of a group are padded to its block size, so a model whose organs have 1-4 states
+    does not pay for 4 x 4 blocks everywhere. ``blocks``: state-index tuples in layout order;
+    ``pos[i]``: padded index of state i; ``hubs``: hub states (after all blocks).
     """
 
     n: int
-    n_blocks: int
-    block_size: int
     hubs: tuple
     blocks: tuple
+    groups: tuple
     pos: np.ndarray
 
     @property
@@ -136,8 +139,34 @@ class BlockStructure:
         return len(self.hubs)
 
     @property
+    def n_blocks(self) -> int:
+        return sum(nb for _, nb in self.groups)
+
+    @property
+    def block_size(self) -> int:
+        """The largest block size (0 without blocks)."""
+        return max((bs for bs, _ in self.groups), default=0)
+
+    @property
+    def n_block_states(self) -> int:
+        """Padded states in blocks (hubs start at this index)."""
+        return sum(bs * nb for bs, nb in self.groups)
+
+    @property
     def n_padded(self) -> int:
-        return self.n_blocks * self.block_size + self.n_hubs
+        return self.n_block_states + self.n_hubs
+
+    def block_of(self, padded_index) -> np.ndarray:
+        """Block number (layout order) of padded indices; -1 for hubs."""
+        p = np.asarray(padded_index)
+        out = np.full(p.shape, -1, dtype=np.int64)
+        off = nb0 = 0
+        for bs, nb in self.groups:
+            m = (p >= off) & (p < off + bs * nb)
+            out[m] = nb0 + (p[m] - off) // bs
+            off += bs * nb
+            nb0 += nb
+        return out
 
 
 def _components(adj: np.ndarray, keep: np.ndarray) -> list[list[int]]:
@@ -151,17 +180,52 @@ def _components(adj: np.ndarray, keep: np.ndarray) -> list[list[int]]:
     return sorted(comps, key=lambda c: c[0])
 
 
-def _layout_cost(comps, nh, solves_per_factor):
+# Flop-equivalent cost of one more block group (its unrolled Gauss-Jordan, A^-1 B and mat-vecs
+# are separate small kernels): an assumed tie-breaker, so that a group is added only when it
+# saves padding. Groups are asked for only for large vmapped batches (``max_groups``), where the
+# padded flops dominate (benchmarks/bench_blocks.py).
+GROUP_COST = 2000.0
+
+
+def _group_cost(nb, bs, nh, solves_per_factor):
+    """Flops of one group of ``nb`` blocks of size ``bs``: block inverses, ``A^-1 B``, its
+    share of the Schur complement; per solve the block mat-vecs and hub terms."""
+    return (nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2
+            + solves_per_factor * (nb * bs ** 2 + 2 * nb * bs * nh))
+
+
+def _best_groups(sizes: tuple, nh: int, solves_per_factor: int, max_groups: int):
+    """Block sizes -> (cost, classes): the class sizes (descending, the largest block size
+    first) that minimise the padded flop estimate plus ``GROUP_COST`` per extra group; every
+    block is padded to the smallest class that holds it."""
+    from itertools import combinations
+
+    base = nh ** 3 + solves_per_factor * nh ** 2
+    distinct = sorted(set(sizes), reverse=True)
+    if not distinct:
+        return base, ()
+    best = None
+    for r in range(min(max_groups, len(distinct))):
+        for extra in combinations(distinct[1:], r):
+            classes = (distinct[0],) + extra
+            count = dict.fromkeys(classes, 0)
+            for s in sizes:
+                count[min(c for c in classes if c >= s)] += 1
+            cost = base + GROUP_COST * r + sum(
+                _group_cost(nb, bs, nh, solves_per_factor) for bs, nb in count.items())
+            if best is None or cost < best[0]:
+                best = (cost, classes)
+    return best
+
+
+def _layout_cost(comps, nh, solves_per_factor, max_groups=1):
     """Flop estimate of one factorisation plus ``solves_per_factor`` solves of the padded
-    block-arrowhead layout (blocks padded to the largest): block inverses, ``A^-1 B``, the
-    Schur complement and its inverse; per solve the block mat-vecs and hub terms."""
-    nb = len(comps)
-    bs = max((len(c) for c in comps), default=0)
-    return (nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2 + nh ** 3
-            + solves_per_factor * (nb * bs ** 2 + 2 * nb * bs * nh + nh ** 2))
+    block-arrowhead layout (blocks grouped by size, see :func:`_best_groups`)."""
+    sizes = tuple(sorted((len(c) for c in comps), reverse=True))
+    return _best_groups(sizes, nh, solves_per_factor, max_groups)[0]
 
 
-def _greedy_hubs(adj, max_hubs, solves_per_factor, rule):
+def _greedy_hubs(adj, max_hubs, solves_per_factor, rule, max_groups=1):
     """One greedy hub sequence; returns the cheapest (cost, hubs, comps) among its prefixes and
     the one-state extensions tried at each step.
 
@@ -177,8 +241,12 @@ def _greedy_hubs(adj, max_hubs, solves_per_factor, rule):
     hubs: list[int] = []
     comps = _components(adj, keep)
     best = None
+
+    def layout_cost(comps, nh):
+        return _layout_cost(comps, nh, solves_per_factor, max_groups)
+
     for _ in range(min(max_hubs, n) + 1):
-        cost = _layout_cost(comps, len(hubs), solves_per_factor)
+        cost = layout_cost(comps, len(hubs))
         if best is None or cost < best[0]:
             best = (cost, list(hubs), comps)
         if not keep.any() or len(hubs) >= max_hubs:
@@ -200,7 +268,7 @@ def _greedy_hubs(adj, max_hubs, solves_per_factor, rule):
                 keep[c] = True
                 sizes = [len(r) for r in rest]
                 mb = max(sizes, default=0)
-                cost = _layout_cost(rest, len(hubs) + 1, solves_per_factor)
+                cost = layout_cost(rest, len(hubs) + 1)
                 if cost < best[0]:       # every evaluated hub set is a candidate layout
                     best = (cost, hubs + [c], rest)
                 key = (mb, sizes.count(mb), cost, -deg[c], c) if rule == "split_all" \
@@ -212,9 +280,9 @@ def _greedy_hubs(adj, max_hubs, solves_per_factor, rule):
     return best
 
 
-def block_structure(pattern: np.ndarray, max_hubs: int = 12, solves_per_factor: int = 8
-                    ) -> BlockStructure:
-    """Choose hubs and blocks from a sparsity pattern (n x n bool) automatically.
+def block_structure(pattern: np.ndarray, max_hubs: int = 12, solves_per_factor: int = 8,
+                    max_groups: int = 1) -> BlockStructure:
+    """Choose hubs, blocks and block groups from a sparsity pattern (n x n bool) automatically.
 
     Hubs are removed greedily (see :func:`_greedy_hubs`) by three rules: the original one (a
     state of the largest component whose removal leaves the smallest largest component), one
@@ -223,24 +291,34 @@ def block_structure(pattern: np.ndarray, max_hubs: int = 12, solves_per_factor: 
     pools; on the reduced psma-pbrpk the component rules peel organ vascular states off one by
     one and end with 10 hubs, blood-first needs 4). Among the hub sets met on the three
     sequences (at most max_hubs hubs) the layout with the smallest flop estimate
-    (:func:`_layout_cost`: factorisation plus ``solves_per_factor`` solves, blocks padded to
-    the largest) is kept; ties go to the earlier rule.
+    (:func:`_layout_cost`: factorisation plus ``solves_per_factor`` solves) is kept; ties go to
+    the earlier rule. The blocks are then grouped by size (at most ``max_groups`` groups, see
+    :func:`_best_groups`); ``max_groups=1`` pads every block to the largest.
     """
     pattern = np.asarray(pattern, dtype=bool)
     n = pattern.shape[0]
+    if max_groups < 1:
+        raise InputError(f"max_groups must be at least 1, not {max_groups}")
     adj = (pattern | pattern.T) & ~np.eye(n, dtype=bool)
-    best = min((_greedy_hubs(adj, max_hubs, solves_per_factor, rule) + (k,)
+    best = min((_greedy_hubs(adj, max_hubs, solves_per_factor, rule, max_groups) + (k,)
                 for k, rule in enumerate(("split", "split_all", "degree"))),
                key=lambda x: (x[0], x[3]))
     _, hubs, comps, _ = best
-    bs = max((len(c) for c in comps), default=0)
+    sizes = tuple(sorted((len(c) for c in comps), reverse=True))
+    _, classes = _best_groups(sizes, len(hubs), solves_per_factor, max_groups)
+    cls = [min(c for c in classes if c >= len(comp)) for comp in comps]
+    order = sorted(range(len(comps)), key=lambda k: (-cls[k], comps[k][0]))
+    groups = tuple((c, sum(1 for x in cls if x == c)) for c in classes)
     pos = np.empty(n, dtype=np.int64)
-    for k, comp in enumerate(comps):
-        for j, i in enumerate(comp):
-            pos[i] = k * bs + j
+    p = 0
+    for k in order:
+        for j, i in enumerate(comps[k]):
+            pos[i] = p + j
+        p += cls[k]
     for j, i in enumerate(hubs):
-        pos[i] = len(comps) * bs + j
-    return BlockStructure(n, len(comps), bs, tuple(hubs), tuple(tuple(c) for c in comps), pos)
+        pos[i] = p + j
+    blocks = tuple(tuple(comps[k]) for k in order)
+    return BlockStructure(n, tuple(hubs), blocks, groups, pos)
 
 
 # Small products below are written as einsum or as sums unrolled over the short contracted
@@ -286,10 +364,16 @@ class PBPKRosenbrock:
     ``solve(vals, kon_v, t_ref, y0, t0, t1, ts, ...)`` integrates from ``t0`` to ``t1``;
     ``vals, kon_v`` from ``model.operator(p)``, ``t_ref`` the administration time of the
     total-ligand form's decay weight. ``linear_solver``: ``"block"`` (block-arrowhead
-    elimination) or ``"dense"`` (pivoted dense LU, for comparison).
+    elimination) or ``"dense"`` (pivoted dense LU, for comparison). ``max_groups``: blocks
+    grouped by size into at most this many groups (:func:`block_structure`). One group (every
+    block padded to the largest) has the fewest operations and suits one patient; three groups
+    pad less and suit large vmapped batches (psma-pbrpk, 64 patients: 1.64x the throughput for
+    14 % more compile time; 6-cycle trial engine, 256 patients: 1.19x for twice the compile
+    time; ``benchmarks/bench_blocks.py``).
     """
 
-    def __init__(self, model, linear_solver: str = "block", max_hubs: int = 12):
+    def __init__(self, model, linear_solver: str = "block", max_hubs: int = 12,
+                 max_groups: int = 1):
         if linear_solver not in ("block", "dense"):
             raise InputError(f"linear_solver must be 'block' or 'dense', not {linear_solver!r}")
         self.model = model
@@ -320,34 +404,44 @@ class PBPKRosenbrock:
         lin = rows < n_imp
         pattern[rows[lin], cols[lin]] = True
         pattern[nl_r, nl_c] = True
-        self.struct = st = block_structure(pattern, max_hubs=max_hubs)
-        nbk, bs, nh, npad = st.n_blocks, st.block_size, st.n_hubs, st.n_padded
-        self.nbb = nbk * bs
+        self.struct = st = block_structure(pattern, max_hubs=max_hubs, max_groups=max_groups)
+        nh, npad = st.n_hubs, st.n_padded
+        self.nbb = nbb = st.n_block_states
         pos = st.pos
         self.real_mask = np.zeros(npad)        # 1 at real states, 0 at padding
         self.real_mask[pos] = 1.0
 
-        # destination of a Jacobian entry (r, c) of the implicit system in the block arrays,
-        # as a flat index into concat(A (nbk,bs,bs), B (nbk,bs,nh), C (nh,nbk,bs), D (nh,nh))
-        offB = nbk * bs * bs
-        offC = offB + nbk * bs * nh
-        offD = offC + nh * nbk * bs
-        self._sizes = (offB, offC, offD, offD + nh * nh)
+        # Flat block arrays: per group (block size bs, nb blocks, first padded index off)
+        # A (nb, bs, bs), B (nb, bs, nh), C (nh, nb bs); then D (nh, nh). ``_glayout`` holds
+        # (bs, nb, off, offA, offB, offC) per group; ``_offD`` and ``_flat_size`` the rest.
+        glayout, off, flat = [], 0, 0
+        for bs, nb in st.groups:
+            glayout.append((bs, nb, off, flat, flat + nb * bs * bs, flat + nb * bs * (bs + nh)))
+            off += nb * bs
+            flat += nb * bs * (bs + 2 * nh)
+        self._glayout = tuple(glayout)
+        self._offD, self._flat_size = flat, flat + nh * nh
+        gstart = np.array([g[2] for g in glayout] + [nbb], dtype=np.int64)
 
         def dest(r, c):
+            """Flat index of the Jacobian entry (r, c) of the implicit system."""
             pr, pc = pos[r], pos[c]
-            rb, cb = pr < self.nbb, pc < self.nbb
+            rb, cb = pr < nbb, pc < nbb
             out = np.empty(r.shape, dtype=np.int64)
-            m = rb & cb
-            if np.any(m & (pr // bs != pc // bs)):
-                raise ModelError("internal: Jacobian entry across blocks")
-            out[m] = (pr[m] // bs) * bs * bs + (pr[m] % bs) * bs + pc[m] % bs
-            m = rb & ~cb
-            out[m] = offB + (pr[m] // bs) * bs * nh + (pr[m] % bs) * nh + (pc[m] - self.nbb)
-            m = ~rb & cb
-            out[m] = offC + (pr[m] - self.nbb) * nbk * bs + pc[m]
+            gr = np.searchsorted(gstart, pr, side="right") - 1
+            gc = np.searchsorted(gstart, pc, side="right") - 1
+            for g, (bs, nb, o, oA, oB, oC) in enumerate(glayout):
+                m = rb & cb & (gr == g)
+                lr, lc = pr[m] - o, pc[m] - o
+                if np.any((gc[m] != g) | (lr // bs != lc // bs)):
+                    raise ModelError("internal: Jacobian entry across blocks")
+                out[m] = oA + (lr // bs) * bs * bs + (lr % bs) * bs + lc % bs
+                m = rb & ~cb & (gr == g)
+                out[m] = oB + (pr[m] - o) * nh + (pc[m] - nbb)
+                m = ~rb & cb & (gc == g)
+                out[m] = oC + (pr[m] - nbb) * nb * bs + (pc[m] - o)
             m = ~rb & ~cb
-            out[m] = offD + (pr[m] - self.nbb) * nh + (pc[m] - self.nbb)
+            out[m] = flat + (pr[m] - nbb) * nh + (pc[m] - nbb)
             return out
 
         self._lin_sel = np.nonzero(lin)[0]
@@ -376,23 +470,23 @@ class PBPKRosenbrock:
         Pj = np.zeros((2 * nbs, self._jac_dest.size))
         np.add.at(Pj, (np.array(nl_src, dtype=int), inv.ravel()), np.array(nl_sgn, dtype=float))
         self._Pjac = Pj
-        # dense fallback: block arrays -> dense padded matrix
+        # dense fallback: block arrays -> dense padded matrix (same order as the flat arrays)
         dr, dc = [], []
-        for k in range(nbk):
-            for i in range(bs):
-                for j in range(bs):
-                    dr.append(k * bs + i); dc.append(k * bs + j)
-        for k in range(nbk):
-            for i in range(bs):
-                for j in range(nh):
-                    dr.append(k * bs + i); dc.append(self.nbb + j)
-        for j in range(nh):
-            for k in range(nbk):
+        for bs, nb, o, _, _, _ in glayout:
+            for k in range(nb):
                 for i in range(bs):
-                    dr.append(self.nbb + j); dc.append(k * bs + i)
+                    for j in range(bs):
+                        dr.append(o + k * bs + i); dc.append(o + k * bs + j)
+            for k in range(nb):
+                for i in range(bs):
+                    for j in range(nh):
+                        dr.append(o + k * bs + i); dc.append(nbb + j)
+            for j in range(nh):
+                for i in range(nb * bs):
+                    dr.append(nbb + j); dc.append(o + i)
         for i in range(nh):
             for j in range(nh):
-                dr.append(self.nbb + i); dc.append(self.nbb + j)
+                dr.append(nbb + i); dc.append(nbb + j)
         self._dense_rows, self._dense_cols = np.array(dr), np.array(dc)
 
     # -- layout ------------------------------------------------------------------------------------
@@ -410,17 +504,23 @@ class PBPKRosenbrock:
 
     # -- operators ---------------------------------------------------------------------------------
     def _split(self, flat):
-        st = self.struct
-        nbk, bs, nh = st.n_blocks, st.block_size, st.n_hubs
-        oB, oC, oD, _ = self._sizes
-        return (flat[:oB].reshape(nbk, bs, bs), flat[oB:oC].reshape(nbk, bs, nh),
-                flat[oC:oD].reshape(nh, nbk, bs), flat[oD:].reshape(nh, nh))
+        """Flat block arrays -> (((A, B, C) per group), D)."""
+        nh = self.struct.n_hubs
+        groups = tuple((flat[oA:oB].reshape(nb, bs, bs), flat[oB:oC].reshape(nb, bs, nh),
+                        flat[oC:oC + nh * nb * bs].reshape(nh, nb * bs))
+                       for bs, nb, _, oA, oB, oC in self._glayout)
+        return groups, flat[self._offD:].reshape(nh, nh)
+
+    def _block_parts(self, y):
+        """Padded vector -> (block vectors (nb, bs) per group, hub part)."""
+        return (tuple(y[o:o + nb * bs].reshape(nb, bs) for bs, nb, o, _, _, _ in self._glayout),
+                y[self.nbb:])
 
     def setup(self, vals, kon_v):
         """Per-parameter constants: K in block form (flat), quadrature matrix G, kon/V."""
         import jax.numpy as jnp
 
-        Kflat = jnp.zeros(self._sizes[3], vals.dtype).at[self._lin_dest].add(vals[self._lin_sel])
+        Kflat = jnp.zeros(self._flat_size, vals.dtype).at[self._lin_dest].add(vals[self._lin_sel])
         G = jnp.zeros(self.nq * self.struct.n_padded, vals.dtype).at[self._q_dest].add(
             vals[self._q_sel]).reshape(self.nq, self.struct.n_padded)
         return Kflat, G, kon_v
@@ -432,17 +532,9 @@ class PBPKRosenbrock:
 
     def rhs(self, Kflat, kon_v, y):
         """dy/dt of the padded implicit states (autonomous)."""
-        import jax.numpy as jnp
-
-        A, B, C, D = self._split(Kflat)
-        st = self.struct
-        yb = y[:self.nbb].reshape(st.n_blocks, st.block_size)
-        yh = y[self.nbb:]
-        fb = _bmv(A, yb) + _unrolled_mv(B, yh)
-        fh = C.reshape(C.shape[0], -1) @ y[:self.nbb] + D @ yh
         free, btot = self._binding(y, kon_v)
         q = kon_v * free * btot
-        return jnp.concatenate([fb.ravel(), fh]) + q.ravel() @ self._Pnl
+        return self.block_matvec(Kflat, y) + q.ravel() @ self._Pnl
 
     def jacobian_flat(self, Kflat, kon_v, y):
         """Analytic Jacobian of :meth:`rhs` in block form (flat; see :meth:`dense`)."""
@@ -471,12 +563,17 @@ class PBPKRosenbrock:
             n = self.struct.n_padded
             M = inv_hg * jnp.eye(n, dtype=Jflat.dtype) - self.dense(Jflat)
             return jsl.lu_factor(M)
-        A, B, C, D = self._split(Jflat)
-        bs, nh = self.struct.block_size, self.struct.n_hubs
-        Ainv = _inv_nopivot(inv_hg * jnp.eye(bs, dtype=A.dtype) - A)
-        E = -sum(Ainv[:, :, j, None] * B[:, None, j, :] for j in range(bs))  # A^-1 B' (nbk,bs,nh)
-        S = inv_hg * jnp.eye(nh, dtype=A.dtype) - D + C.reshape(nh, -1) @ E.reshape(-1, nh)
-        return Ainv, E, C, _inv_nopivot(S)
+        groups, D = self._split(Jflat)
+        nh = self.struct.n_hubs
+        S = inv_hg * jnp.eye(nh, dtype=Jflat.dtype) - D
+        facs = []
+        for A, B, C in groups:
+            bs = A.shape[-1]
+            Ainv = _inv_nopivot(inv_hg * jnp.eye(bs, dtype=A.dtype) - A)
+            E = -sum(Ainv[:, :, j, None] * B[:, None, j, :] for j in range(bs))  # -A^-1 B
+            S = S + C @ E.reshape(-1, nh)
+            facs.append((Ainv, E, C))
+        return tuple(facs), _inv_nopivot(S)
 
     def solve_linear(self, fac, r, method=None):
         import jax.numpy as jnp
@@ -485,25 +582,29 @@ class PBPKRosenbrock:
         method = method or self.linear_solver
         if method == "dense":
             return jsl.lu_solve(fac, r)
-        Ainv, E, C, Sinv = fac
-        st = self.struct
-        rb = r[:self.nbb].reshape(st.n_blocks, st.block_size)
-        zb = _bmv(Ainv, rb)
-        xh = Sinv @ (r[self.nbb:] + C.reshape(C.shape[0], -1) @ zb.ravel())
-        xb = zb - _unrolled_mv(E, xh)
-        return jnp.concatenate([xb.ravel(), xh])
+        facs, Sinv = fac
+        rbs, acc = self._block_parts(r)
+        zbs = []
+        for (Ainv, _, C), rb in zip(facs, rbs):
+            zb = _bmv(Ainv, rb)
+            acc = acc + C @ zb.ravel()
+            zbs.append(zb)
+        xh = Sinv @ acc
+        xb = [(zb - _unrolled_mv(E, xh)).ravel() for zb, (_, E, _) in zip(zbs, facs)]
+        return jnp.concatenate(xb + [xh])
 
     def block_matvec(self, flat, y):
         """J y for a matrix J in block form (flat) and a padded vector y."""
         import jax.numpy as jnp
 
-        A, B, C, D = self._split(flat)
-        st = self.struct
-        yb = y[:self.nbb].reshape(st.n_blocks, st.block_size)
-        yh = y[self.nbb:]
-        fb = _bmv(A, yb) + _unrolled_mv(B, yh)
-        fh = C.reshape(C.shape[0], -1) @ y[:self.nbb] + D @ yh
-        return jnp.concatenate([fb.ravel(), fh])
+        groups, D = self._split(flat)
+        ybs, yh = self._block_parts(y)
+        fh = D @ yh
+        fb = []
+        for (A, B, C), yb in zip(groups, ybs):
+            fb.append((_bmv(A, yb) + _unrolled_mv(B, yh)).ravel())
+            fh = fh + C @ yb.ravel()
+        return jnp.concatenate(fb + [fh])
 
     def _stage_solver(self):
         """``lsolve(fac, Jflat, inv_hg, r) = (I inv_hg - J)^-1 r`` given the factorisation

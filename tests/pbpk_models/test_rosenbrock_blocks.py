@@ -29,17 +29,19 @@ OLD = {"full": (16, 10, 6), "total": (19, 3, 10)}
 N_REAL = {"full": 90, "total": 45}
 
 
-def flops(nb, bs, nh, solves=8):
+def flops(groups, nh, solves=8):
     """Factorisation (block inverses, A^-1 B, Schur complement and its inverse) plus 8 solves
-    of the padded block-arrowhead system, counted from pbpk_models.rosenbrock.factor/solve."""
-    return (nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2 + nh ** 3
-            + solves * (nb * bs ** 2 + 2 * nb * bs * nh + nh ** 2))
+    of the padded block-arrowhead system with blocks in groups ``[(block_size, n_blocks)]``,
+    counted from pbpk_models.rosenbrock.factor/solve."""
+    return nh ** 3 + solves * nh ** 2 + sum(
+        nb * bs ** 3 + nb * bs ** 2 * nh + nb * bs * nh ** 2
+        + solves * (nb * bs ** 2 + 2 * nb * bs * nh) for bs, nb in groups)
 
 
 @pytest.fixture(scope="module", params=["full", "total"])
 def reduced(request):
     model = compile_model(model_spec(str(V2)), (RP,), request.param)
-    return model, PBPKRosenbrock(model)
+    return model, PBPKRosenbrock(model, max_groups=3)
 
 
 def test_layout_is_valid_and_pads_less(reduced):
@@ -61,15 +63,24 @@ def test_layout_is_valid_and_pads_less(reduced):
     r, c = np.nonzero(J)
     inner = (block_of[r] >= 0) & (block_of[c] >= 0)
     assert np.all(block_of[r[inner]] == block_of[c[inner]]), "coupling across blocks"
-    # cheaper than the greedy-only layout; full form: also fewer padded states
+    # cheaper than the greedy-only layout, and fewer padded states
     mode = model.mode
     nb, bs, nh = OLD[mode]
     assert n == N_REAL[mode] and st.n_padded >= n
-    assert flops(st.n_blocks, st.block_size, st.n_hubs) < 0.9 * flops(nb, bs, nh)
-    if mode == "full":
-        assert st.n_padded < nb * bs + nh
-    else:
-        assert st.n_hubs <= 4 and st.block_size <= 4
+    assert flops(st.groups, st.n_hubs) < 0.9 * flops([(bs, nb)], nh)
+    # each block sits at consecutive padded positions inside its group's slots
+    off = 0
+    blocks = iter(st.blocks)
+    for gbs, gnb in st.groups:
+        for k in range(gnb):
+            b = next(blocks)
+            assert len(b) <= gbs
+            assert sorted(st.pos[list(b)].tolist()) == list(range(off + k * gbs,
+                                                                  off + k * gbs + len(b)))
+        off += gbs * gnb
+    assert off == st.n_block_states and sorted(st.pos[list(st.hubs)]) == list(
+        range(off, st.n_padded))
+    assert st.n_padded < nb * bs + nh and st.n_hubs <= 4
     # hub-and-spoke: arterial and venous blood of every species are hubs
     names = model.state_names()
     species = (RP, "psma-617") if mode == "full" else ("psma-617",)
@@ -88,3 +99,36 @@ def test_block_solve_equals_dense_on_reduced(reduced):
     for inv_hg in (1e-4, 1.0, 1e4):
         assert_block_solve_equals_dense(rb, J, inv_hg,
                                         rng.normal(size=st.n_padded) * rb.real_mask)
+
+
+def test_grouped_solve_equals_dense_lu():
+    """A whole Rodas5P solve with blocks grouped by size (three groups) and with a pivoted dense
+    LU (``linear_solver="dense"``) gives the same trajectory: only the linear algebra differs.
+    (One group is checked against the dense LU in test_rosenbrock.py.)"""
+    from pbpk_models.errors import InputError
+    from pbpk_models.regimen import Administration, Regimen
+    from pbpk_models.simulate import SolverSettings, prepare, rosenbrock_solver
+
+    regimen = Regimen((Administration(0.0, RP, 7400.0, 57.09),))
+    m, _, hot, cold, _, t_end = prepare(model_spec(str(V2)), regimen, np.array([1.0]), 20.0,
+                                        "auto")
+    y0 = jnp.zeros(m.n_states).at[np.asarray(m.dosing_index)].add(
+        float(hot[0].sum() + cold[0].sum()))
+    ts = jnp.asarray([0.1, 1.0, 24.0, 200.0])
+    vals, kon_v = m.operator(jnp.asarray(m.params_from({})))
+    out = {}
+    for key, st in {"groups": SolverSettings(block_groups=3),
+                    "dense": SolverSettings(linear_solver="dense")}.items():
+        rb = rosenbrock_solver(m, st)
+        ys, _, ok, n = jax.jit(lambda v, k, rb=rb: rb.solve(v, k, 0.0, y0, 0.0, float(t_end), ts,
+                                                             rtol=1e-8, atol=1e-12))(vals, kon_v)
+        assert bool(ok)
+        out[key] = (np.asarray(ys), int(n))
+    assert len(rosenbrock_solver(m, SolverSettings(block_groups=3)).struct.groups) > 1
+    ref, n_ref = out["dense"]
+    scale = np.abs(ref).max()
+    ys, n = out["groups"]
+    np.testing.assert_allclose(ys, ref, rtol=1e-9, atol=1e-12 * scale)
+    assert abs(n - n_ref) <= 2
+    with pytest.raises(InputError, match="block_groups"):
+        rosenbrock_solver(m, SolverSettings(block_groups=0))

@@ -276,7 +276,7 @@ def organ_dosimetry_function(model, n_cycles: int, n_points: int, settings, rp_i
     import jax
     import jax.numpy as jnp
 
-    from pbpk_models.rosenbrock import PBPKRosenbrock
+    from pbpk_models.simulate import rosenbrock_solver
 
     if settings.method != "rosenbrock":
         raise InputError("organ dosimetry uses the Rosenbrock solver: pass settings with "
@@ -289,10 +289,7 @@ def organ_dosimetry_function(model, n_cycles: int, n_points: int, settings, rp_i
     key = ("fn", n_cycles, n_points, settings, rp_index, batch_size)
     if key in cache:
         return cache[key]
-    rcache = model.__dict__.setdefault("_rosenbrock", {})
-    if settings.linear_solver not in rcache:
-        rcache[settings.linear_solver] = PBPKRosenbrock(model, settings.linear_solver)
-    rb = rcache[settings.linear_solver]
+    rb = rosenbrock_solver(model, settings)
     nreg = len(model.regions)
     mbq = float(model.mbq_per_nmol[rp_index])
     a0 = model.acc_offset + rp_index * nreg
@@ -327,9 +324,18 @@ def organ_dosimetry_function(model, n_cycles: int, n_points: int, settings, rp_i
         # lax.map over chunks of ``batch_size`` rows (vmapped inside a chunk): the vmapped
         # adaptive while-loop runs every lane to the slowest lane's step count, so on a CPU
         # small chunks are faster than one wide vmap (measured in benchmarks/bench_planning.py)
+        # Rows are padded (copies of the last row) to a multiple of ``batch_size``: lax.map
+        # traces and compiles a row count that is not a multiple (e.g. MAP + 8 draws = 9) twice,
+        # once for the chunks and once for the remainder, which doubled the compile time of
+        # every such program (the solver's trace and XLA compile dominate small runs).
         def mapped(P, hot, cold, s, grid, mu):
-            return jax.lax.map(lambda xs: one(*xs, grid, mu), (P, hot, cold, s),
-                               batch_size=batch_size)
+            n = P.shape[0]
+            pad = -n % batch_size if n > batch_size else 0
+            xs = (P, hot, cold, s)
+            if pad:
+                xs = tuple(jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) for x in xs)
+            out = jax.lax.map(lambda xs: one(*xs, grid, mu), xs, batch_size=batch_size)
+            return jax.tree_util.tree_map(lambda y: y[:n], out) if pad else out
 
         f = jax.jit(mapped)
     cache[key] = f
