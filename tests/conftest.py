@@ -31,17 +31,51 @@ _DEMO_FILES = {"test_demo.py", "test_report.py", "test_run.py"}
 import pytest  # noqa: E402
 
 
+# The heaviest groups (CI --durations, 2 cores; the demo group is one ~4-5 min chain) are handed
+# out first, longest first (pyproject.toml turns off xdist's default of ordering groups by
+# their number of tests, which sent the long one-test groups, a notebook or the cohort, last):
+# a long group started last leaves the other worker idle at the end of the run. Groups not
+# listed follow in collection order. Names that no longer exist are harmless.
+_HEAVY_FIRST = (
+    "demo",
+    "tests/twin/planning/test_planning.py",
+    "tests/calibration/test_mbam.py",
+    "tests/twin/test_stp.py",
+    "tests/twin/trials/test_cohort.py",
+    "tests/calibration/test_fit.py",
+    "tests/test_notebooks.py::test_notebook_runs[calibration_mbam.ipynb]",
+    "tests/pbpk_models/test_physics.py",
+    "tests/twin/trials/test_imaged_arm.py",
+    "tests/calibration/test_twin_predict.py",
+    "tests/pbpk_models/test_solver_accuracy.py",
+    "tests/twin/trials/test_engine.py",
+)
+
+
+# Files whose compiled programs have the same shapes run in one group (one process): the
+# lesion-response planners use test_planning.py's settings, so the planner's surrogate solve
+# is compiled once for both files.
+_SAME_GROUP = {"tests/twin/planning/test_response.py": "tests/twin/planning/test_planning.py"}
+
+
+def _group(config, item) -> str:
+    name = item.path.name
+    if name in _DEMO_FILES and "demo_dir" in getattr(item, "fixturenames", ()):
+        return "demo"
+    if name == "test_notebooks.py":
+        return item.nodeid
+    path = item.path.relative_to(config.rootpath).as_posix()
+    return _SAME_GROUP.get(path, path)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    groups = {}
     for item in items:
-        name = item.path.name
-        if name in _DEMO_FILES and "demo_dir" in getattr(item, "fixturenames", ()):
-            group = "demo"
-        elif name == "test_notebooks.py":
-            group = item.nodeid
-        else:
-            group = str(item.path.relative_to(config.rootpath))
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = _group(config, item)
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {g: k for k, g in enumerate(_HEAVY_FIRST)}
+    items.sort(key=lambda it: rank.get(groups[it], len(rank)))  # stable: order kept inside
 
 
 def pytest_unconfigure(config):

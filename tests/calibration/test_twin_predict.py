@@ -36,7 +36,8 @@ def test_population_settings_match_kvaerno5_tight(twin):
     """The default (Rodas5P, rtol 1e-6) against diffrax Kvaerno5 at rtol 1e-10."""
     from pbpk_models.simulate import SolverSettings, simulate
 
-    pred = simulate_twin(twin, THERAPY, days=DAYS, n_samples=2)
+    # 12 samples: the shape of test_dose_and_bed_intervals' plain solve (compiled once)
+    pred = simulate_twin(twin, THERAPY, days=DAYS, n_samples=12)
     spec = model_spec("psma-pbrpk")
     ref = simulate(spec, THERAPY, dict(zip(twin.names, np.exp(twin.theta_map))),
                    days=DAYS, settings=SolverSettings(rtol=1e-10, atol=1e-13))

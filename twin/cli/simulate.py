@@ -238,7 +238,10 @@ def run_twin(args) -> int:
         raise InputError(f"twin file {args.twin} does not exist")
     posterior, fitted_regimen = read_twin(args.twin)
     regimen = Regimen.from_csv(args.regimen) if args.regimen is not None else fitted_regimen
-    pred = simulate_twin(posterior, regimen, days=args.days, n_samples=args.samples)
+    # with --regimen, one organ-dosimetry solve gives TIA, dose and BED (MAP = row 0): one
+    # compiled program instead of a TIA solve plus a separate MAP dose solve
+    pred = simulate_twin(posterior, regimen, days=args.days, n_samples=args.samples,
+                         doses=args.regimen is not None)
     table = pred.to_frame()
     spec = model_spec(posterior.model_name, posterior.variant)
     model = compile_model(spec, (pred.radiopharmaceutical,))
@@ -253,12 +256,9 @@ def run_twin(args) -> int:
     table = table[["region", "tia_mbq_h", "tiac_h", "dose_gy_per_gbq", "tia_low", "tia_high"]]
     if args.regimen is not None:
         # whole-regimen dose and BED at the MAP (twin.dosimetry.organ; same radiopharmaceutical)
-        from twin.dosimetry.organ import organ_doses, patient_params
-
-        od = organ_doses(model, regimen, patient_params(model, posterior),
-                         radiopharmaceutical=pred.radiopharmaceutical, days=args.days)
-        table["dose_gy"] = [od.total("dose_gy")[0, od.region_index(r)] for r in table["region"]]
-        table["bed_gy"] = [od.total("bed_gy")[0, od.region_index(r)] for r in table["region"]]
+        idx = {r: j for j, r in enumerate(pred.regions)}
+        table["dose_gy"] = [pred.dose_gy[idx[r]] for r in table["region"]]
+        table["bed_gy"] = [pred.bed_gy[idx[r]] for r in table["region"]]
     inputs = [x for x in (args.twin, args.regimen) if x is not None]
     write_csv_atomic(table, args.out, inputs=inputs)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))

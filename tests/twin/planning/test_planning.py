@@ -51,38 +51,45 @@ def plan(planner):
     return planner.optimise(LIMITS)
 
 
-@pytest.mark.slow
-def test_plan_meets_limits_in_independent_simulation(planner, plan):
-    """Re-simulate every posterior row with the Kvaerno5 solver (pbpk_models.simulate) and the
-    numpy Lea-Catcheside BED on a dense grid; the limit quantiles must hold."""
+def _replay(model, reg, P, quantile):
+    """Independent replay of a regimen: Kvaerno5 ``pbpk_models.simulate`` of every row of P
+    (row 0 the MAP, rows 1.. posterior samples) and the numpy Lea-Catcheside BED on a dense
+    grid -> (q kidney BED, q red-marrow dose) over the sample rows. The grid is built the same
+    way for every regimen (every administration time on it: a jump between two grid points
+    would be smeared into a ramp by the piecewise-linear dose rate), so two 2-cycle plans at
+    0 and 6 weeks share one compiled solve (here and in test_replan_cli_round_trip)."""
     from pbpk_models import radionuclides as rn
     from pbpk_models import units as u
     from pbpk_models.simulate import simulate
     from twin.dosimetry.radiobiology import bed
 
+    e = rn.energy_per_decay_mev("Lu-177")
+    t_adm = reg.unique_times()
+    grid = np.unique(np.concatenate([np.linspace(0.0, t_adm[-1] + 1440.0, 301), t_adm] +
+                                    [t + np.geomspace(1 / 60, 336.0, 150) for t in t_adm]))
+    kid, rm = [], []
+    for p in P:
+        sim = simulate(model, reg, p, times_h=grid, days=60.0, mode="full")
+        m = model.region_masses_g(p)
+        kid.append(bed(grid - grid[0], sim.activity("Kidney") * u.gy_per_mbq_h(e, m["Kidney"]),
+                       2.6, 2.8))
+        rm.append(sim.tia()["RedMarrow"] * u.gy_per_mbq_h(e, m["RedMarrow"]))
+    return np.quantile(kid[1:], quantile), np.quantile(rm[1:], quantile)
+
+
+@pytest.mark.slow
+def test_plan_meets_limits_in_independent_simulation(planner, plan):
+    """Re-simulate every posterior row with the Kvaerno5 solver (pbpk_models.simulate) and the
+    numpy Lea-Catcheside BED on a dense grid; the limit quantiles must hold."""
     reg = plan.regimen
     assert 1 <= len(reg.administrations) <= 2
     acts = plan.activities_mbq
     assert np.all((acts >= 3700 - 1e-6) & (acts <= 11100 + 1e-6))
-    model = planner.model
-    e = rn.energy_per_decay_mev("Lu-177")
-    t_adm = reg.unique_times()
-    t_end = t_adm[-1] + 60 * 24.0
-    grid = np.unique(np.concatenate([np.linspace(0.0, t_end, 301)] +
-                                    [t + np.geomspace(1 / 60, 336.0, 150) for t in t_adm]))
-    kid, rm = [], []
-    for p in planner.P:
-        sim = simulate(model, reg, p, times_h=grid, days=60.0, mode="full")
-        masses = model.region_masses_g(p)
-        s_k = u.gy_per_mbq_h(e, masses["Kidney"])
-        kid.append(bed(grid, sim.activity("Kidney") * s_k, 2.6, 2.8))
-        rm.append(sim.tia()["RedMarrow"] * u.gy_per_mbq_h(e, masses["RedMarrow"]))
-    q = SETTINGS.quantile
-    assert np.quantile(kid[1:], q) <= 12.0
-    assert np.quantile(rm[1:], q) <= 2.0
+    q_kid, q_rm = _replay(planner.model, reg, planner.P, SETTINGS.quantile)
+    assert q_kid <= 12.0
+    assert q_rm <= 2.0
     # and the planner's own numbers agree with the independent ones
-    assert plan.limit_values["Kidney:bed_gy<=12"] == pytest.approx(np.quantile(kid[1:], q),
-                                                                   rel=5e-3)
+    assert plan.limit_values["Kidney:bed_gy<=12"] == pytest.approx(q_kid, rel=5e-3)
 
 
 @pytest.mark.slow
@@ -242,34 +249,17 @@ def pet_twin(tmp_path_factory):
 
 
 def _replay_quantiles(twin_path, plan_path, n_samples, quantile):
-    """Independent replay: Kvaerno5 simulate of each posterior row, dense-grid numpy BED."""
+    """Independent replay (:func:`_replay`) of PLAN.csv on the rows the planner used."""
     from calibration import model_spec, read_twin
-    from pbpk_models import radionuclides as rn
-    from pbpk_models import units as u
     from pbpk_models.model import compile_model
     from pbpk_models.regimen import Regimen
-    from pbpk_models.simulate import simulate
     from twin.dosimetry.organ import patient_params
-    from twin.dosimetry.radiobiology import bed
 
     post, _ = read_twin(twin_path)
     reg = Regimen.from_csv(plan_path)
     model = compile_model(model_spec(post.model_name, post.variant), (RP,), "full")
     P = patient_params(model, post, n_samples, 0)  # the planner's rows (seed 0)
-    e = rn.energy_per_decay_mev("Lu-177")
-    t_adm = reg.unique_times()
-    # dense grid with every administration time on it (a jump between two grid points would be
-    # smeared into a ramp by the piecewise-linear dose rate)
-    grid = np.unique(np.concatenate([np.linspace(0.0, t_adm[-1] + 1440.0, 301), t_adm] +
-                                    [t + np.geomspace(1 / 60, 336.0, 150) for t in t_adm]))
-    kid, rm = [], []
-    for p in P:
-        sim = simulate(model, reg, p, times_h=grid, days=60.0, mode="full")
-        m = model.region_masses_g(p)
-        kid.append(bed(grid - grid[0], sim.activity("Kidney") * u.gy_per_mbq_h(e, m["Kidney"]),
-                       2.6, 2.8))
-        rm.append(sim.tia()["RedMarrow"] * u.gy_per_mbq_h(e, m["RedMarrow"]))
-    return np.quantile(kid[1:], quantile), np.quantile(rm[1:], quantile)
+    return _replay(model, reg, P, quantile)
 
 
 @pytest.mark.slow
