@@ -24,6 +24,12 @@ curve's integral over 120 d.
    - ``exact-shape``: the true TIA scaled by measured / true activity (the noise-only floor);
      ``twin-window``: the estimate with the most posterior mass within +-10%; ``twin-ais``
      (``--ais-times``): a second, adapted stage of draws (multiple importance sampling).
+   - ``twin-exact1`` / ``twin-exact`` (``--exact-times``): the update of the command line
+     (twin.stp_update, ``twin stp --update adaptive``): the exact posterior population prior x
+     PET x SPECT, the PET twin's Laplace posterior only as the proposal (defensive mixture with
+     the population prior), stage 1 only (every scan time) / both stages (``--exact-times``);
+     ``twin-exact-pet-only``: the same without the SPECT (the exact PET twin; its calibration
+     against the truth in ``stp_exact_pet_calibration_<model>.csv``).
    - Hanscheid: A(t) 2t/ln2. Madsen: population T_eff per region = median mono-exponential
      T_eff (24-168 h, noise-free) of an *independent* reference population of the same prior
      (a clinic's own multi-time-point series: favourable to Madsen, but not the evaluated
@@ -137,16 +143,16 @@ class Setup:
                                              cfg["therapy_nmol"]),))
         self.petreg = Regimen((Administration(0.0, self.pet, cfg["pet_mbq"], cfg["pet_nmol"]),))
 
-    def simulate(self, regimen, thetas, times):
+    def simulate(self, regimen, thetas, times, days=DAYS):
         """(activity (N, regions, times) MBq, tia (N, regions) MBq h, ok, region names)."""
         from pbpk_models.simulate import prepare, simulate_batch
 
-        model = prepare(self.spec, regimen, np.asarray(times), DAYS)[0]
+        model = prepare(self.spec, regimen, np.asarray(times), days)[0]
         base = model.params_from({})
         idx = [model.parameter_names.index(n) for n in self.prior.names]
         P = np.tile(base, (len(thetas), 1))
         P[:, idx] = np.exp(thetas)
-        out = simulate_batch(model, regimen, P, np.asarray(times), days=DAYS)
+        out = simulate_batch(model, regimen, P, np.asarray(times), days=days)
         rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(
             regimen.radiopharmaceuticals[0])
         return (np.asarray(out["activity_mbq"])[:, rp_i], np.asarray(out["tia_mbq_h"])[:, rp_i],
@@ -212,11 +218,11 @@ def _obs(regions, t, act, rp, modality, rng, table=None):
                         np.array(mods, dtype=object), np.array([rp] * n, dtype=object))
 
 
-def _sigma_at(pred, regions, table=None):
-    """Noise-model sigma (MBq) of SPECT region activities ``pred`` (..., R) (per-class)."""
+def _sigma_at(pred, regions, table=None, modality="SPECT"):
+    """Noise-model sigma (MBq) of region activities ``pred`` (..., R) (per-class)."""
     from calibration import noise_model
 
-    nms = [noise_model("SPECT", r, table) for r in regions]
+    nms = [noise_model(modality, r, table) for r in regions]
     c = np.array([m.proportional for m in nms])
     a = np.array([m.additive_mbq for m in nms])
     return np.sqrt((c * np.clip(pred, 0.0, None)) ** 2 + a ** 2)
@@ -242,7 +248,7 @@ def _mono_t_eff(t, a):
 CHUNK = 1024   # patients per vmapped solve (fixed, so the solver compiles once per regimen)
 
 
-def _simulate_chunked(S, regimen, thetas, times, tqdm, desc):
+def _simulate_chunked(S, regimen, thetas, times, tqdm, desc, days=DAYS):
     """S.simulate in fixed-size chunks (the last one padded): (activity, tia, ok, names)."""
     n = len(thetas)
     acts, tias, oks = [], [], []
@@ -253,7 +259,7 @@ def _simulate_chunked(S, regimen, thetas, times, tqdm, desc):
         m = len(th)
         if m < chunk:
             th = np.vstack([th, np.repeat(S.prior.mean_log[None, :], chunk - m, axis=0)])
-        a, t, o, names = S.simulate(regimen, th, times)
+        a, t, o, names = S.simulate(regimen, th, times, days)
         acts.append(a[:m])
         tias.append(t[:m])
         oks.append(o[:m])
@@ -276,11 +282,12 @@ def _weights(pred, ok, y, sig, likelihood="measured", regions=None, table=None):
     return good, w / w.sum()
 
 
-def _loglik(p, y, sig, likelihood="measured", regions=None, table=None):
-    """SPECT log-likelihood of each draw's predicted activities p (M, R) (see _weights)."""
+def _loglik(p, y, sig, likelihood="measured", regions=None, table=None, modality="SPECT"):
+    """SPECT (or PET) log-likelihood of each draw's predicted activities p (M, R) (see
+    _weights)."""
     if likelihood == "measured":
         return -0.5 * np.sum(((p - y) / sig) ** 2, axis=1)
-    s_p = _sigma_at(p, regions, table)
+    s_p = _sigma_at(p, regions, table, modality)
     return -0.5 * np.sum(((p - y) / s_p) ** 2, axis=1) - np.sum(np.log(s_p), axis=1)
 
 
@@ -328,40 +335,8 @@ def _update(pred, tia, ok, y, sig, likelihood="measured", regions=None, table=No
             "p_over_window": 1.0 - mass}
 
 
-def _gauss_logpdf(x, mean, cov):
-    """log N(x; mean, cov) of each row of x (M, d)."""
-    L = np.linalg.cholesky(cov)
-    z = np.linalg.solve(L, (x - mean).T)
-    return (-0.5 * np.sum(z * z, axis=0) - np.sum(np.log(np.diag(L)))
-            - 0.5 * x.shape[1] * math.log(2 * math.pi))
-
-
-AIS_INFLATE = 2.0     # proposal covariance = AIS_INFLATE x weighted covariance of stage 1 ...
-AIS_RIDGE = 0.05      # ... + AIS_RIDGE x the prior covariance (tuning choices, not physics)
-
-
-def ais_proposal(theta, w, prior_mean, prior_cov):
-    """Stage-2 proposal of the adaptive importance update: a Gaussian at the weighted mean of
-    the stage-1 draws ``theta`` (M, d) with weights ``w`` (M,), covariance AIS_INFLATE x their
-    weighted covariance + AIS_RIDGE x the prior covariance (so it never collapses on one draw).
-    Returns (mean, cov)."""
-    mu = w @ theta
-    d = theta - mu
-    cov = AIS_INFLATE * (d * w[:, None]).T @ d + AIS_RIDGE * prior_cov
-    return mu, 0.5 * (cov + cov.T)
-
-
-def ais_log_weights(theta1, loglik1, theta2, loglik2, prior_mean, prior_cov, q_mean, q_cov):
-    """Multiple importance sampling (balance heuristic; Veach & Guibas, SIGGRAPH 1995; Owen &
-    Zhou, JASA 2000) of M1 prior draws and M2 proposal draws: log w = log prior + log lik -
-    log(f1 prior + f2 q), f_k = M_k / (M1 + M2). Unnormalised, (M1 + M2,)."""
-    th = np.vstack([theta1, theta2])
-    ll = np.concatenate([loglik1, loglik2])
-    lp = _gauss_logpdf(th, prior_mean, prior_cov)
-    lq = _gauss_logpdf(th, q_mean, q_cov)
-    f1 = len(theta1) / len(th)
-    mix = np.logaddexp(math.log(f1) + lp, math.log(1 - f1) + lq)
-    return lp + ll - mix
+# The adaptive (two-stage) and the exact (prior x PET x SPECT, defensive mixture) updates live in
+# twin.stp_update (the library the command line uses); this script only batches their solves.
 
 
 COLUMNS = ["patient", "region", "time_h", "method", "tia_mbq_h", "tia_true_mbq_h", "cohort",
@@ -402,7 +377,7 @@ def _laplace_rows(S, posts, keys, truth, regions, names, n_draws, seed, tqdm):
 
 def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_times=(),
                 importance=True, table=None, likelihood="measured", store_path=None,
-                ais_times=(), ais_draws=256, stage1_store=None):
+                ais_times=(), ais_draws=256, stage1_store=None, exact=None):
     """PBPK cohort: population-prior patients, PET at 1 h, one SPECT per scan time.
 
     The expensive part (true curves, PET fits, the draws of each PET twin solved at every scan
@@ -417,8 +392,16 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
     ``ais_times``: at these scan times also the adaptive importance update (``twin-ais``): a
     second stage of ``ais_draws`` draws per patient from a Gaussian fitted to the weighted
     first-stage draws (ais_proposal), combined with the first stage by multiple importance
-    sampling (ais_log_weights); same observations as ``twin``."""
-    from twin.stp import twin_tia, weighted_median
+    sampling (twin.stp_update); same observations as ``twin``.
+
+    ``exact`` (dict ``n1, n2, times, defensive, inflate`` or None): the update of
+    twin.stp_update.adaptive_update_many with the exact target population prior x PET x SPECT
+    (the PET twin's Laplace posterior only as the proposal, in a defensive mixture with the
+    population prior): ``twin-exact1`` (stage 1 only) at every scan time, ``twin-exact`` (both
+    stages) at ``times``, and ``twin-exact-pet-only`` (prior x PET: the exact PET twin)."""
+    from twin.stp import twin_tia
+    from twin.stp_update import (Mixture, combined_proposal, log_weights, normalised_weights,
+                                 stage2_component, weighted_summary)
 
     rng = np.random.default_rng(seed)
     thetas = S.prior.sample_log(n, seed)
@@ -438,13 +421,14 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
           dict(zip(S.regions, t_eff_pop.round(1))), flush=True)
     # 1. PET-calibrated twin of each patient: calibration.fit from the population prior (PET
     # sigma per region class, calibration.noise_model)
-    pet_posts = []
+    pet_posts, pet_obs = [], {}
     for i in tqdm(range(n), desc=f"{S.name} PET fits"):
         if not (ok[i] and ok_pet[i]):
             pet_posts.append(None)
             continue
         o = _obs(S.regions, 1.0, pet_act[i, [pet_names.index(r) for r in S.regions], 0], S.pet,
                  "PET", rng, table)
+        pet_obs[i] = (np.asarray(o.activity_mbq), np.asarray(o.sigma_mbq))
         pet_posts.append(S.fit(o, S.petreg, S.prior))
     n_fail = sum(p is None for p in pet_posts)
     # 2. draws from each twin's posterior (= the prior of the SPECT update, Posterior.as_prior)
@@ -473,6 +457,8 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
             store["d_tia"] = d_tia.reshape(len(have), draws, -1)[:, :, ri]
             store["d_ok"] = d_ok.reshape(len(have), draws)
         store["d_theta"] = th.reshape(len(have), draws, -1)
+    ex = _exact_stage1(S, exact, pet_posts, pet_obs, have, seed, tqdm, store) \
+        if exact else None
     if store_path is not None:
         _save_store(store, store_path)
     lap = {}
@@ -494,6 +480,9 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
                     print(f"twin-laplace failed for patient {i}: {exc}", flush=True)
         if t in laplace_times:
             lap.setdefault(t, []).append((S.fit(o, S.lureg, pet_posts[i].as_prior()), (i, t)))
+        if ex is not None:
+            ex["items"].setdefault(t, []).append((i, np.asarray(o.activity_mbq),
+                                                  np.asarray(o.sigma_mbq)))
         if t in ais_times and "d_act" in store:
             ais.setdefault(t, []).append((i, np.asarray(o.activity_mbq),
                                           np.asarray(o.sigma_mbq)))
@@ -514,10 +503,11 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
             res = _weights(store["d_act"][h, :, :, it], store["d_ok"][h], y, sig, likelihood,
                            regions, table)
             good, w = res if res is not None else (np.ones(draws, bool), np.full(draws, 1 / draws))
-            q_mean, q_cov = ais_proposal(store["d_theta"][h][good], w, pr.mean_log, pr.cov_log)
-            z = np.random.default_rng([seed, 17, it, i]).standard_normal((ais_draws, len(q_mean)))
-            th2.append(q_mean + z @ np.linalg.cholesky(q_cov).T)
-            props.append((pr, q_mean, q_cov))
+            comp = stage2_component(store["d_theta"][h][good], w, pr.cov_log)
+            z = np.random.default_rng([seed, 17, it, i]).standard_normal((ais_draws, len(comp[0])))
+            th2.append(comp[0] + z @ np.linalg.cholesky(comp[1]).T)
+            q1 = Mixture((1.0,), (pr.mean_log,), (pr.cov_log,))
+            props.append((pr, combined_proposal(q1, draws, comp, ais_draws)))
         a2, t2, ok2, _ = _simulate_chunked(S, S.lureg, np.concatenate(th2), SCAN_TIMES_H, tqdm,
                                            f"{S.name} adaptive draws {t:g} h")
         a2 = a2.reshape(len(items), ais_draws, a2.shape[1], -1)[:, :, ri, it]
@@ -526,29 +516,28 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
         rows = []
         for k, (i, y, sig) in enumerate(items):
             h = hidx[i]
-            pr, q_mean, q_cov = props[k]
+            pr, q = props[k]
             p1, p2 = store["d_act"][h, :, :, it], a2[k]
             ll1 = _loglik(np.nan_to_num(p1), y, sig, likelihood, regions, table)
             ll2 = _loglik(np.nan_to_num(p2), y, sig, likelihood, regions, table)
-            lw = ais_log_weights(store["d_theta"][h], ll1, th2[k], ll2, pr.mean_log,
-                                 pr.cov_log, q_mean, q_cov)
+            th_all = np.vstack([store["d_theta"][h], th2[k]])
+            lw = log_weights(th_all, np.concatenate([ll1, ll2]), pr.mean_log, pr.cov_log, q)
             tt = np.vstack([store["d_tia"][h], t2[k]])
             good = (np.concatenate([store["d_ok"][h], ok2[k]])
                     & np.all(np.isfinite(np.vstack([p1, p2])), axis=1)
                     & np.all(np.isfinite(tt), axis=1) & np.isfinite(lw))
-            w = np.exp(lw[good] - lw[good].max())
-            w /= w.sum()
-            med = weighted_median(tt[good], w)
-            p_over = np.sum(w[:, None] * (np.abs(med[None, :] / tt[good] - 1.0) > 0.10),
-                            axis=0)
-            ess = float(1.0 / np.sum(w * w))
+            w, ess = normalised_weights(np.where(good, lw, -np.inf))
+            summ = weighted_summary(tt[good], w[good], level=None)
             for j, r in enumerate(regions):
-                rows.append((i, r, t, "twin-ais", float(med[j]), float(store["tia"][i, j]),
-                             "pbpk", np.nan, ess, float(p_over[j])))
+                rows.append((i, r, t, "twin-ais", float(summ["median"][j]),
+                             float(store["tia"][i, j]), "pbpk", np.nan, ess,
+                             float(summ["p_over"][j])))
         return rows
 
     def on_time_end(it, t):
         rows = ais_rows(it, t)
+        if ex is not None:
+            rows += _exact_rows(S, ex, it, t, store, seed, tqdm)
         items = lap.pop(t, [])
         if not items:
             return rows
@@ -559,7 +548,134 @@ def cohort_pbpk(S, n, seed, draws, tqdm, checkpoint, laplace_check=0, laplace_ti
 
     df = spect_rows(store, seed, table=table, likelihood=likelihood, checkpoint=checkpoint,
                     on_obs=on_obs, on_time_end=on_time_end, importance=importance)
+    if ex is not None and ex.get("cal") and store_path is not None:
+        from twin.atomic import write_csv_atomic
+
+        cal = pd.DataFrame(ex["cal"], columns=["patient", "region", "time_h", "covered_90",
+                                               "pit"]).drop_duplicates(["patient", "region"])
+        tab = cal.groupby("region").agg(n=("pit", "size"), coverage_90=("covered_90", "mean"),
+                                        pit_mean=("pit", "mean"), pit_sd=("pit", "std"))
+        write_csv_atomic(tab.reset_index().assign(model=S.name),
+                         store_path.parent / f"stp_exact_pet_calibration_{S.name}.csv")
     return df, n_fail
+
+
+def _exact_problems(S, pet_posts, have, seed):
+    """twin.stp_update problems of the cohort: the PET twin's Laplace as the proposal centre,
+    the population prior as the target prior (the PET likelihood is added by the solves)."""
+    return [{"twin_mean": pet_posts[i].theta_map, "twin_cov": pet_posts[i].cov_log,
+             "target_mean": S.prior.mean_log, "target_cov": S.prior.cov_log,
+             "seed": seed * 100003 + int(i), "target": "prior x PET x SPECT"} for i in have]
+
+
+def _solve_pet_lu(S, thetas, pet_y, tqdm, desc, likelihood="measured", table=None):
+    """Batched solves of stacked draws: (therapy activity (N, regions, SCAN_TIMES_H), TIA
+    (N, regions), PET log-likelihood (N,) given the per-draw PET observation rows pet_y
+    (N, 2, regions): measured and sigma), with -inf where a solve failed."""
+    act, tia, ok, names = _simulate_chunked(S, S.lureg, thetas, SCAN_TIMES_H, tqdm, desc)
+    pact, _, pok, pnames = _simulate_chunked(S, S.petreg, thetas, [1.0], tqdm, desc + " (PET)",
+                                             days=0.1)
+    ri = [names.index(r) for r in S.regions]
+    pi = [pnames.index(r) for r in S.regions]
+    pred = np.nan_to_num(pact[:, pi, 0], nan=np.inf)
+    # gaussian_loglik row by row, vectorised (each draw carries its patient's PET rows); or the
+    # generating likelihood (sigma of the noise model at each draw's prediction)
+    if likelihood == "measured":
+        ll = -0.5 * np.sum(((pred - pet_y[:, 0]) / pet_y[:, 1]) ** 2, axis=1)
+    else:
+        sp = _sigma_at(pred, list(S.regions), table, "PET")
+        ll = -0.5 * np.sum(((pred - pet_y[:, 0]) / sp) ** 2, axis=1) - np.sum(np.log(sp), axis=1)
+    ll = np.where(ok & pok & np.isfinite(ll), ll, -np.inf)
+    return act[:, ri], tia[:, ri], ll
+
+
+def _exact_stage1(S, exact, pet_posts, pet_obs, have, seed, tqdm, store):
+    """Stage-1 draws of the exact update for every patient, solved once for all scan times."""
+    from twin.stp_update import stage1_draws
+
+    probs = _exact_problems(S, pet_posts, have, seed)
+    n1 = exact["n1"]
+    th = [stage1_draws(p, n1, defensive=exact["defensive"], inflate=exact["inflate"])[1]
+          for p in probs]
+    pet_y = np.concatenate([np.repeat(np.array(pet_obs[i])[None], n1, axis=0) for i in have])
+    act, tia, ll = _solve_pet_lu(S, np.concatenate(th), pet_y, tqdm, f"{S.name} exact stage 1",
+                                 exact.get("likelihood", "measured"), exact.get("table"))
+    P = len(have)
+    store["e_act"] = act.reshape(P, n1, act.shape[1], -1)
+    store["e_tia"] = tia.reshape(P, n1, -1)
+    store["e_petll"] = ll.reshape(P, n1)
+    return {"probs": probs, "hidx": {int(i): h for h, i in enumerate(have)}, "items": {},
+            "pet_obs": pet_obs, **exact}
+
+
+def _exact_rows(S, ex, it, t, store, seed, tqdm):
+    """Rows twin-exact1 (stage 1), twin-exact (two stages, at ex['times']) and
+    twin-exact-pet-only at scan time t (index it)."""
+    from twin.stp_update import adaptive_update_many, gaussian_loglik
+
+    items = ex["items"].pop(t, [])
+    if not items:
+        return []
+    probs = [ex["probs"][ex["hidx"][i]] for i, _, _ in items]
+    regions = list(S.regions)
+
+    def spect_ll(pred, y, sig):
+        p = np.nan_to_num(pred, nan=np.inf)
+        if ex.get("likelihood", "measured") == "measured":
+            return gaussian_loglik(p, y, sig)
+        ll = _loglik(p, y, sig, "predicted", regions, ex.get("table"))
+        return np.where(np.isfinite(ll), ll, -np.inf)
+
+    def cached(use_spect):
+        out = []
+        for i, y, sig in items:
+            h = ex["hidx"][i]
+            ll = store["e_petll"][h].copy()
+            if use_spect:
+                ll = ll + spect_ll(store["e_act"][h, :, :, it], y, sig)
+            out.append((ll, store["e_tia"][h]))
+        return out
+
+    def make_solve(use_spect=True):
+        calls = [0]
+
+        def solve_many(thetas):
+            calls[0] += 1
+            if calls[0] == 1:
+                return cached(use_spect)
+            n2 = len(thetas[0])
+            pet_y = np.concatenate([np.repeat(np.array(ex["pet_obs"][i])[None], n2, axis=0)
+                                    for i, _, _ in items])
+            act, tia, ll = _solve_pet_lu(S, np.concatenate(thetas), pet_y, tqdm,
+                                         f"{S.name} exact stage 2 {t:g} h",
+                                         ex.get("likelihood", "measured"), ex.get("table"))
+            act = act.reshape(len(items), n2, act.shape[1], -1)
+            tia = tia.reshape(len(items), n2, -1)
+            ll = ll.reshape(len(items), n2)
+            return [(ll[k] + spect_ll(act[k, :, :, it], y, sig), tia[k])
+                    for k, (_, y, sig) in enumerate(items)]
+        return solve_many
+
+    kw = {"n1": ex["n1"], "defensive": ex["defensive"], "inflate": ex["inflate"],
+          "level": 0.90}
+    variants = [("twin-exact1", adaptive_update_many(make_solve(), probs, n2=0, **kw)),
+                ("twin-exact-pet-only", adaptive_update_many(make_solve(False), probs, n2=0,
+                                                             **kw))]
+    if t in ex["times"]:
+        variants.append(("twin-exact", adaptive_update_many(make_solve(), probs, n2=ex["n2"],
+                                                            **kw)))
+    rows = []
+    for method, results in variants:
+        for (i, _, _), res in zip(items, results):
+            for j, r in enumerate(regions):
+                tr = float(store["tia"][i, j])
+                rows.append((i, r, t, method, float(res.median[j]), tr, "pbpk", np.nan, res.ess,
+                             float(res.p_over[j])))
+                if method == "twin-exact-pet-only":   # PET twin calibration (90% interval)
+                    ex.setdefault("cal", []).append((i, r, t, res.low[j] <= tr <= res.high[j],
+                                                     float(np.sum(res.weights *
+                                                                  (res.tia[:, j] < tr)))))
+    return rows
 
 
 def _save_store(store, path):
@@ -738,7 +854,8 @@ def goal_ratios(best):
         if not classical:
             continue
         cbest = min(classical, key=lambda m: s[m])
-        for twin in ("twin", "twin-ais", "twin-window", "twin-laplace", "twin-map"):
+        for twin in ("twin", "twin-ais", "twin-exact", "twin-exact1", "twin-window",
+                     "twin-laplace", "twin-map"):
             if twin not in s:
                 continue
             rows.append({"model": model, "cohort": cohort, "noise": noise, "region": region,
@@ -752,7 +869,8 @@ def goal_ratios(best):
 STYLE = {"hanscheid": ("C0", "-"), "madsen": ("C1", "-"), "madsen-lit": ("C1", ":"),
          "twin": ("C3", "-"), "twin-pet-only": ("C3", ":"), "twin-laplace": ("C2", "--"),
          "twin-map": ("C2", ":"), "twin-ais": ("C4", "-"), "twin-window": ("C5", ":"),
-         "exact-shape": ("0.5", "--")}
+         "exact-shape": ("0.5", "--"), "twin-exact": ("C6", "-"), "twin-exact1": ("C6", "--"),
+         "twin-exact-pet-only": ("C6", ":")}
 
 
 def plot(summ, path):
@@ -864,6 +982,19 @@ def main(argv=None):
                     help="pbpk cohort: take the solved first-stage draws from the store of an "
                          "earlier run with the same --model, --n, --seed and --draws (e.g. to add "
                          "--ais-times without solving them again)")
+    ap.add_argument("--exact-times", type=float, nargs="*", default=None,
+                    help="pbpk cohort: run the exact update (twin.stp_update: population prior x "
+                         "PET x SPECT, the PET twin as a defensive-mixture proposal): stage 1 "
+                         "(twin-exact1) at every scan time, both stages (twin-exact) at these "
+                         "times (none: stage 1 only)")
+    ap.add_argument("--exact-draws", type=int, default=256, help="exact update: stage-1 draws")
+    ap.add_argument("--exact-stage2", type=int, default=128, help="exact update: stage-2 draws")
+    ap.add_argument("--exact-defensive", type=float, default=None,
+                    help="exact update: share of stage-1 draws from the population prior "
+                         "(default twin.stp_update.DEFENSIVE)")
+    ap.add_argument("--exact-inflate", type=float, default=None,
+                    help="exact update: covariance inflation of the Laplace component (default "
+                         "twin.stp_update.LAPLACE_INFLATE)")
     ap.add_argument("--fit-max-nfev", type=int, default=40,
                     help="calibration.fit budget (max_nfev) of the PET fits (and Laplace fits)")
     ap.add_argument("--fit-starts", type=int, default=1,
@@ -881,6 +1012,19 @@ def main(argv=None):
 
     from twin.atomic import write_csv_atomic
 
+    exact = None
+    if args.exact_times is not None:
+        from twin import stp_update
+
+        exact = {"n1": args.exact_draws, "n2": args.exact_stage2,
+                 "times": tuple(args.exact_times),
+                 "defensive": stp_update.DEFENSIVE if args.exact_defensive is None
+                 else args.exact_defensive,
+                 "inflate": stp_update.LAPLACE_INFLATE if args.exact_inflate is None
+                 else args.exact_inflate,
+                 # PET and SPECT likelihood of the exact update: --likelihood (measured: sigma
+                 # at the measured value, as calibration.fit; predicted: the generating one)
+                 "likelihood": args.likelihood, "table": noise_table(args.spect_noise)}
     table = noise_table(args.spect_noise)
     note = noise_note(table) + f"; twin weights: sigma at the {args.likelihood} activity"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -929,7 +1073,7 @@ def main(argv=None):
                            "laplace_times": tuple(args.laplace_times),
                            "importance": not args.no_importance,
                            "ais_times": tuple(args.ais_times), "ais_draws": args.ais_draws,
-                           "stage1_store": args.stage1_store,
+                           "stage1_store": args.stage1_store, "exact": exact,
                            "store_path": args.out / f"stp_draws_{args.model}.npz"})
             d, f = fn(S, args.n, args.seed, args.draws, tqdm, checkpoint, **kw)
             d = d.assign(model=args.model, noise=note)

@@ -30,15 +30,21 @@ lognormal T_eff distributions including tumours, but their table was not accessi
 no lesion entry: the user must give one (``t_eff_h=`` / ``--half-life-h Tumor1=H``).
 
 **Twin prior** (:func:`twin_tia`): the PET-calibrated twin (TWIN.json: a Laplace posterior of the
-patient's PBPK parameters) is the prior (``Posterior.as_prior``) of the update by the one SPECT.
-Default (``update='importance'``, :func:`importance_update`): draws from that prior, solved in one
-vmapped batch, weighted by the SPECT likelihood with the same Gaussian noise model as
-``calibration.fit`` (each row's sigma_mbq): the exact Bayesian update. Alternative
-(``update='laplace'``): a MAP fit (``calibration.fit`` with the twin as prior) and draws from its
-Laplace posterior (``twin.build.simulate_twin``). Both report the posterior median of the TIA (the
-estimator that minimises the expected absolute error; the TIA at the MAP is a biased estimate when
-the TIA depends nonlinearly on poorly identified parameters) and a 90% credible interval. The PBPK model supplies the shape of the curve (uptake, washout,
-saturation) that the classical methods must assume.
+patient's PBPK parameters, with the population prior and the PET rows it was fitted with) updated
+by the one SPECT. Default (``update='adaptive'``, :mod:`twin.stp_update`): the exact posterior
+population prior x PET x SPECT by two-stage importance sampling, the twin's Laplace posterior
+serving only as the proposal (in a defensive mixture with the population prior); this corrects a
+Laplace approximation that is too narrow or off-centre (the 68Ga-DOTATATE lesion twins: their
+PET uptake saturates in the receptor density). A twin without PET rows: twin x SPECT.
+``update='importance'`` (:func:`importance_update`): draws from the Laplace twin
+(``Posterior.as_prior``) weighted by the SPECT likelihood (exact only if the Laplace twin is).
+``update='laplace'``: a MAP fit (``calibration.fit`` with the twin as prior) and draws from its
+Laplace posterior (solved like the other updates). All use the Gaussian noise model of
+``calibration.fit`` (each row's sigma_mbq) and report the posterior median of the TIA (the
+estimator that minimises the expected absolute error; the TIA at the MAP is a biased estimate
+when the TIA depends nonlinearly on poorly identified parameters) and a 90% credible interval.
+The PBPK model supplies the shape of the curve (uptake, washout, saturation) that the classical
+methods must assume.
 
 Scan time before the uptake peak: all methods assume that the scan is on the washout part of the
 curve. :func:`check_scan_time` warns when t is before a given peak time (the twin method uses the
@@ -53,7 +59,7 @@ import warnings
 
 import numpy as np
 
-from twin.errors import InputError
+from twin.errors import FitError, InputError
 
 LN2 = math.log(2.0)
 
@@ -256,7 +262,8 @@ def twin_peak_times_h(posterior, regimen, radiopharmaceutical: str, regions,
 
 def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples: int = 1000,
              seed: int = 0, n_starts: int = 1, days: float = 120.0, check_peak: bool = True,
-             settings=None, update: str = "importance"):
+             settings=None, update: str = "adaptive", n_stage2: int | None = None,
+             pet_regimen=None, use_pet: bool = True):
     """The twin prior: update a (PET-calibrated) twin with the SPECT, predict TIA and interval.
 
     Args:
@@ -268,14 +275,22 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         level: credible level of the interval; n_samples: draws.
         days: TIA integration span after the last administration (d).
         check_peak: warn if a scan is before the twin's predicted uptake peak.
-        update: ``importance`` (default): ``n_samples`` draws from the twin's posterior
-            (``Posterior.as_prior``) solved in one vmapped batch and weighted by the SPECT
-            likelihood (:func:`importance_update`: the exact Bayesian update of that prior, the
-            estimator validated in benchmarks/validate_stp.py); ``laplace``: a MAP fit
-            (``calibration.fit`` with the twin as prior) and draws from its Laplace posterior.
+        update: ``adaptive`` (default; :func:`twin.stp_update.twin_update`): two-stage
+            defensive importance sampling of the exact posterior population prior x PET x SPECT
+            (the twin's Laplace posterior only as the proposal; the PET rows and prior are read
+            from the twin; twin x SPECT when the twin carries no PET rows), ``n_samples``
+            stage-1 and ``n_stage2`` (default n_samples / 2) stage-2 draws;
+            ``importance``: ``n_samples`` draws from the twin's Laplace posterior
+            (``Posterior.as_prior``) weighted by the SPECT likelihood
+            (:func:`importance_update`); ``laplace``: a MAP fit (``calibration.fit`` with the
+            twin as prior) and draws from its Laplace posterior.
+        pet_regimen: the regimen the twin was fitted with (default: read from the TWIN.json
+            path; needed for the PET likelihood of ``adaptive``).
+        use_pet: ``adaptive``: use the twin's PET rows (exact target) when it has them.
     Returns:
-        (DataFrame ``region, tia_mbq_h, tia_low, tia_high, tia_map_mbq_h``, updated Posterior or
-        None for ``importance``): ``tia_mbq_h`` is the posterior median of the TIA (it
+        (DataFrame ``region, tia_mbq_h, tia_low, tia_high, tia_map_mbq_h``, updated Posterior
+        (``laplace``), twin.stp_update.UpdateResult (``adaptive``: ``ess``, ``target``, draws
+        and weights) or None (``importance``)): ``tia_mbq_h`` is the posterior median of the TIA (it
         minimises the expected absolute error), the interval the central ``level`` quantiles;
         ``tia_map_mbq_h`` the TIA at the MAP parameters (``laplace``) or at the twin's MAP
         (``importance``, the prior point estimate).
@@ -283,12 +298,22 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
     import pandas as pd
 
     from pbpk_models.simulate import POPULATION_SETTINGS
-    from twin.build import resolve_twin, simulate_twin
+    from twin.build import resolve_twin
 
-    if update not in ("importance", "laplace"):
-        raise InputError(f"update must be importance or laplace, not {update!r}")
-    if update == "importance" and n_samples < 100:
-        raise InputError(f"the importance update needs at least 100 draws, got {n_samples}")
+    if update not in ("adaptive", "importance", "laplace"):
+        raise InputError(f"update must be adaptive, importance or laplace, not {update!r}")
+    if update in ("adaptive", "importance") and n_samples < 100:
+        raise InputError(f"the {update} update needs at least 100 draws, got {n_samples}")
+    if n_stage2 is not None and n_stage2 < 0:
+        raise InputError(f"the stage-2 draws must be >= 0, got {n_stage2}")
+    from calibration import Posterior
+
+    if not isinstance(twin, Posterior):
+        from calibration import read_twin
+
+        twin, fitted = read_twin(twin)
+        pet_regimen = pet_regimen or fitted
+        regimen = regimen or fitted
     twin, regimen = resolve_twin(twin, regimen)
     rp = _single_rp(observations)
     if rp not in regimen.radiopharmaceuticals:
@@ -303,6 +328,14 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         for region in regions:
             o = observations.select(region=region)
             check_scan_time(region, float(o.time_h.min()) - t_rp0, peak_h=peaks.get(region))
+    if update == "adaptive":
+        from twin.stp_update import twin_update
+
+        df, res = twin_update(observations, twin, regimen, rp, regions, n_samples=n_samples,
+                              n_stage2=n_stage2, seed=seed, level=level, days=days,
+                              settings=settings or POPULATION_SETTINGS, pet_regimen=pet_regimen,
+                              use_pet=use_pet)
+        return df.assign(tia_map_mbq_h=np.nan), res
     if update == "importance":
         df = _importance_tia(observations, twin, regimen, rp, regions, level, n_samples, seed,
                              days, settings or POPULATION_SETTINGS)
@@ -316,58 +349,71 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
         post = fit(observations, regimen, twin.model_name, variant=twin.variant,
                    prior=twin.as_prior(), fixed=dict(twin.fixed), n_starts=n_starts, seed=seed,
                    region_groups=twin.diagnostics.get("region_groups") or None)
-    pred = simulate_twin(post, regimen, days=days, n_samples=n_samples, level=level, seed=seed,
-                         radiopharmaceutical=rp, settings=settings or POPULATION_SETTINGS)
-    idx = [pred.regions.index(r) for r in regions]
+    # draws of the updated (Laplace) twin, solved by the compiled program the other updates use
+    solver, _ = _draw_solver(observations, post, regimen, rp, n_samples, days,
+                             settings or POPULATION_SETTINGS)
+    out = solver(post.sample_log(n_samples, seed), with_map=True)
+    names = list(out["model"].regions)
+    rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
+    k = [names.index(r) for r in regions]
+    tia = out["tia_mbq_h"][:, rp_i][:, k]
+    tia = tia[np.asarray(out["ok"], bool) & np.all(np.isfinite(tia), axis=1)]
+    if len(tia) < max(2, n_samples // 2):
+        raise FitError(f"only {len(tia)} of {n_samples} draws of the updated twin could be "
+                       f"solved; check the observations")
     # Point estimate: the posterior median of each region's TIA over the draws (it minimises the
     # expected absolute error; the TIA at the MAP parameters is biased when TIA is a nonlinear
     # function of poorly identified parameters). The MAP value is kept for reference.
-    median = np.median(np.asarray(pred.samples_tia_mbq_h), axis=0)
-    df = pd.DataFrame({"region": regions, "tia_mbq_h": median[idx],
-                       "tia_low": pred.tia_low[idx], "tia_high": pred.tia_high[idx],
-                       "tia_map_mbq_h": pred.tia_mbq_h[idx]})
+    m = solver.map_out
+    df = pd.DataFrame({"region": regions, "tia_mbq_h": np.median(tia, axis=0),
+                       "tia_low": np.quantile(tia, (1 - level) / 2, axis=0),
+                       "tia_high": np.quantile(tia, (1 + level) / 2, axis=0),
+                       "tia_map_mbq_h": m["tia_mbq_h"][0, rp_i][k] if bool(m["ok"][0])
+                       else np.nan})
     return df, post
+
+
+def _draw_solver(observations, twin, regimen, rp, n_samples, days, settings):
+    """(twin.stp_update.SpectSolver of ``rp`` alone on the observation times, padded to
+    batch_bucket(n_samples + 1): the compiled program every update shares; absolute
+    observation times)."""
+    from pbpk_models.regimen import Regimen
+    from twin.stp_update import SpectSolver, batch_bucket
+
+    sub = Regimen(tuple(a for a in regimen.administrations
+                        if a.radiopharmaceutical.lower() == rp))
+    obs_t = float(regimen.times_h.min()) + np.asarray(observations.time_h, float)
+    return (SpectSolver(twin, sub, obs_t, days, settings, pad_to=batch_bucket(n_samples + 1)),
+            obs_t)
 
 
 def _importance_tia(observations, twin, regimen, rp, regions, level, n_samples, seed, days,
                     settings):
-    """twin_tia(update='importance'): draws from the twin, one batched solve, SPECT weights."""
+    """twin_tia(update='importance'): draws from the twin and its MAP, one batched solve (the
+    compiled program of the other updates, twin.stp_update.SpectSolver), SPECT weights."""
     import pandas as pd
 
-    from calibration import model_spec
-    from pbpk_models.regimen import Regimen
-    from pbpk_models.simulate import simulate_batch
-
-    spec = model_spec(twin.model_name, twin.variant)
-    sub = Regimen(tuple(a for a in regimen.administrations
-                        if a.radiopharmaceutical.lower() == rp))
-    t0 = float(regimen.times_h.min())
-    obs_t = t0 + np.asarray(observations.time_h, float)
-    times = np.unique(obs_t)
-    thetas = np.vstack([twin.theta_map[None, :], twin.as_prior().sample_log(n_samples, seed)])
-    from pbpk_models.simulate import prepare
-
-    model = prepare(spec, sub, times, days)[0]
-    P = np.tile(model.params_from(twin.fixed), (len(thetas), 1))
-    P[:, [model.parameter_names.index(n) for n in twin.names]] = np.exp(thetas)
-    out = simulate_batch(model, sub, P, times, days=days, settings=settings)
+    solver, obs_t = _draw_solver(observations, twin, regimen, rp, n_samples, days, settings)
+    out = solver(twin.as_prior().sample_log(n_samples, seed), with_map=True)
+    times = solver.times
     names = list(out["model"].regions)
     rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
-    act = np.asarray(out["activity_mbq"])[:, rp_i]          # (M+1, regions, times)
-    tia = np.asarray(out["tia_mbq_h"])[:, rp_i]             # (M+1, regions)
-    ok = np.asarray(out["ok"])
+    act = out["activity_mbq"][:, rp_i]          # (M, regions, times)
+    tia = out["tia_mbq_h"][:, rp_i]             # (M, regions)
+    ok = out["ok"]
     ri = np.array([names.index(r) for r in observations.region])
-    ti = np.searchsorted(times, obs_t)
-    pred = act[1:, ri, ti]                                   # (M, observation rows)
+    pred = act[:, ri, np.searchsorted(times, obs_t)]       # (M, observation rows)
     k = [names.index(r) for r in regions]
-    med, _, ess, lo, hi = importance_update(pred, tia[1:, k], observations.activity_mbq,
-                                            observations.sigma_mbq, ok[1:], level=level)
+    med, _, ess, lo, hi = importance_update(pred, tia[:, k], observations.activity_mbq,
+                                            observations.sigma_mbq, ok, level=level)
     if ess < 20:
         warnings.warn(f"the SPECT is far from what the twin expects: only {ess:.0f} effective "
                       f"draws of {n_samples}; the interval is unreliable (check units, times "
                       f"and regions, or refit the twin)", UserWarning, stacklevel=3)
+    m = solver.map_out
+    map_tia = m["tia_mbq_h"][0, rp_i][k] if bool(m["ok"][0]) else np.full(len(k), np.nan)
     return pd.DataFrame({"region": regions, "tia_mbq_h": med, "tia_low": lo, "tia_high": hi,
-                         "tia_map_mbq_h": tia[0, k] if ok[0] else np.nan})
+                         "tia_map_mbq_h": map_tia})
 
 
 def weighted_quantile(values, weights, q: float):

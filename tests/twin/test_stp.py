@@ -164,39 +164,52 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_twin_round_trip(tmp_path, capsys):
-    """A small prior-based TWIN.json (the population prior as the 'PET' posterior) updated with
-    one SPECT of the population-typical patient: the twin's TIA must be close to that patient's
-    true TIA, inside the interval, and an early scan is flagged."""
+    """A small prior-based TWIN.json (the population prior as the 'PET' posterior, carrying an
+    early 0.1 h scan of the same administration as its fitted row) updated with one SPECT of a
+    patient with 1.3x the median kidney receptor density, by each update (adaptive, the
+    default: prior x early scan x SPECT; importance and laplace: twin x SPECT): the TIA must be
+    close to that patient's true TIA, inside the interval, and an early scan is flagged. The
+    truth and the draws of all three updates use one compiled solver (same padded batch, times
+    and regimen)."""
     from calibration import Posterior, default_prior, model_spec, write_twin
     from pbpk_models.regimen import Administration, Regimen
     from pbpk_models.simulate import POPULATION_SETTINGS, simulate_batch
+    from twin.stp_update import batch_bucket
 
     spec = model_spec("psma-pbrpk")
     names = ("Rden_Kidney", "lambdaRel_Kidney")
     prior = default_prior("psma-pbrpk", spec, names)
-    post = Posterior("psma-pbrpk", "corrected", names,
-                     tuple(spec.parameter(n).unit for n in names), prior.mean_log,
-                     prior.cov_log, prior)
     reg = Regimen((Administration(0.0, "lu177-psma-617", 7400.0, 57.09),))
-    twin_path = tmp_path / "twin.json"
-    write_twin(twin_path, post, reg)
-    # the truth: a patient with 1.3x the median kidney receptor density
+    # the truth: a patient with 1.3x the median kidney receptor density, solved in the padded
+    # batch on the observation times (the compiled program the updates use)
     truth = np.exp(prior.mean_log) * np.array([1.3, 1.0])
-    out = simulate_batch(spec, reg, _params(spec, reg, names, truth),
-                         np.array([0.1, 48.0]), days=120.0, settings=POPULATION_SETTINGS)
+    P = np.repeat(_params(spec, reg, names, truth), batch_bucket(401), axis=0)
+    out = simulate_batch(spec, reg, P, np.array([0.1, 48.0]), days=120.0,
+                         settings=POPULATION_SETTINGS)
     k = list(out["model"].regions).index("Kidney")
     a = np.asarray(out["activity_mbq"])[0, 0, k]
     true_tia = float(np.asarray(out["tia_mbq_h"])[0, 0, k])
+    early = {"row": 0, "region": "Kidney", "time_h": 0.1, "radiopharmaceutical":
+             "lu177-psma-617", "observed_mbq": float(a[0]),
+             "sigma_mbq": 0.1 * float(a[0]) + 0.01, "predicted_mbq": float(a[0]), "z": 0.0}
+    post = Posterior("psma-pbrpk", "corrected", names,
+                     tuple(spec.parameter(n).unit for n in names), prior.mean_log,
+                     prior.cov_log, prior, diagnostics={"residuals": [early]})
+    twin_path = tmp_path / "twin.json"
+    write_twin(twin_path, post, reg)
     obs = tmp_path / "obs.csv"
     # the SPECT at 48 h, plus a scan at 0.1 h: before the kidney's uptake peak, which is flagged
     _write_obs(obs, [("Kidney", 0.1, float(a[0]), 0.1 * float(a[0]) + 0.01),
                      ("Kidney", 48.0, float(a[1]), 0.1 * float(a[1]))])
     res = tmp_path / "tia.csv"
-    for update in ("importance", "laplace"):
+    for update in ("adaptive", "importance", "laplace"):
         assert main(["stp", "--observations", str(obs), "--method", "twin", "--twin",
                      str(twin_path), "--samples", "400", "--update", update,
                      "--out", str(res)]) == 0
-        assert "before the uptake peak" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "before the uptake peak" in printed
+        if update == "adaptive":
+            assert "target prior x PET x SPECT, 600 draws, effective sample size" in printed
         df = pd.read_csv(res)
         assert list(df.columns) == ["region", "tia_mbq_h", "tia_low", "tia_high"]
         row = df.iloc[0]

@@ -6,7 +6,7 @@ Fixed interface (shared/CLI.md):
 Output: ``region, tia_mbq_h`` and, where the method has one, the interval ``tia_low, tia_high``
 (twin: posterior median and credible interval of the updated twin; multi: lognormal interval from the fit
 covariance). Added options: --regimen, --radiopharmaceutical, --half-life-h REGION=H, --model,
---level, --samples, --seed, --update.
+--level, --samples, --stage2-samples, --seed, --update, --no-pet.
 """
 
 from __future__ import annotations
@@ -50,12 +50,21 @@ def register(sub) -> None:
                    help="multi: the sum of exponentials (auto: by AICc)")
     p.add_argument("--level", type=float, default=0.90, help="interval level")
     p.add_argument("--samples", type=int, default=1000,
-                   help="twin: draws from the twin (importance: at least 100)")
-    p.add_argument("--update", default="importance", choices=("importance", "laplace"),
-                   help="twin: how the SPECT updates the twin: importance (draws from the twin "
-                        "weighted by the SPECT likelihood; exact, validated) or laplace (MAP fit "
-                        "with the twin as prior, draws from its Laplace posterior); both report "
-                        "the posterior median TIA")
+                   help="twin: draws from the twin (adaptive: stage 1; adaptive and importance: "
+                        "at least 100)")
+    p.add_argument("--stage2-samples", type=int, default=None,
+                   help="twin, adaptive: stage-2 draws (default half of --samples; 0: one stage)")
+    p.add_argument("--update", default="adaptive", choices=("adaptive", "importance", "laplace"),
+                   help="twin: how the SPECT updates the twin: adaptive (the exact posterior "
+                        "population prior x PET x SPECT, using the PET rows stored in TWIN.json, "
+                        "by two-stage importance sampling with the twin as a defensive-mixture "
+                        "proposal; twin x SPECT if the twin has no PET rows), importance (draws "
+                        "from the twin's Laplace posterior weighted by the SPECT likelihood) or "
+                        "laplace (MAP fit with the twin as prior, draws from its Laplace "
+                        "posterior); all report the posterior median TIA")
+    p.add_argument("--no-pet", action="store_true",
+                   help="twin, adaptive: use the twin's Laplace posterior as the prior instead "
+                        "of the population prior x its PET rows")
     p.add_argument("--seed", type=int, default=0, help="twin: seed of the draws")
     p.set_defaults(func=run)
 
@@ -86,10 +95,16 @@ def run(args) -> int:
                                  "(made by twin fit)")
             if args.samples < 2:
                 raise InputError("--samples must be at least 2")
+            if args.stage2_samples is not None and args.stage2_samples < 0:
+                raise InputError(f"--stage2-samples must be >= 0, got {args.stage2_samples}")
             rp = stp._single_rp(obs, args.radiopharmaceutical)
             obs = obs.select(radiopharmaceutical=rp)
-            df, _ = stp.twin_tia(obs, args.twin, regimen, level=args.level,
-                                 n_samples=args.samples, seed=args.seed, update=args.update)
+            df, res = stp.twin_tia(obs, args.twin, regimen, level=args.level,
+                                   n_samples=args.samples, seed=args.seed, update=args.update,
+                                   n_stage2=args.stage2_samples, use_pet=not args.no_pet)
+            if args.update == "adaptive":
+                info = (f"twin update: target {res.target}, {len(res.weights)} draws, "
+                        f"effective sample size {res.ess:.0f}")
             # fixed columns; tia_mbq_h is the posterior median (the MAP value is not written)
             df = df[["region", "tia_mbq_h", "tia_low", "tia_high"]]
         else:
@@ -129,6 +144,8 @@ def run(args) -> int:
                                        t_eff_h=half_lives, time_offset_h=offset)
                 df = df[["region", "tia_mbq_h"]]
     write_csv_atomic(df, args.out, inputs=inputs)
+    if args.method == "twin" and args.update == "adaptive":
+        print(info)
     seen = set()
     for w in caught:
         msg = str(w.message)
