@@ -259,10 +259,10 @@ class ImagedTwins:
 
 
 def _check_protocol(population, protocol, pet_times_h):
-    from .populations import _lookup
+    from .populations import radiopharmaceutical_of
 
     name = str(getattr(population, "name", population)).lower()
-    _lookup(name)                      # InputError for an unknown population
+    radiopharmaceutical_of(name)       # InputError for an unknown population
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown imaging protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if name not in IMAGING:
