@@ -54,14 +54,18 @@ def register(sub) -> None:
                         "at least 100)")
     p.add_argument("--stage2-samples", type=int, default=None,
                    help="twin, adaptive: stage-2 draws (default half of --samples; 0: one stage)")
-    p.add_argument("--update", default="adaptive", choices=("adaptive", "importance", "laplace"),
-                   help="twin: how the SPECT updates the twin: adaptive (the exact posterior "
+    p.add_argument("--update", default="importance",
+                   choices=("importance", "adaptive", "laplace"),
+                   help="twin: how the SPECT updates the twin (default importance): adaptive "
+                        "(the exact posterior "
                         "population prior x PET x SPECT, using the PET rows stored in TWIN.json, "
                         "by two-stage importance sampling with the twin as a defensive-mixture "
                         "proposal; twin x SPECT if the twin has no PET rows), importance (draws "
                         "from the twin's Laplace posterior weighted by the SPECT likelihood) or "
                         "laplace (MAP fit with the twin as prior, draws from its Laplace "
-                        "posterior); all report the posterior median TIA")
+                        "posterior); all report the posterior median TIA. adaptive corrects a "
+                        "too narrow PET twin (DOTATATE lesions) but was worse for PSMA kidneys "
+                        "at 96 h in validation (docs/stp.md)")
     p.add_argument("--no-pet", action="store_true",
                    help="twin, adaptive: use the twin's Laplace posterior as the prior instead "
                         "of the population prior x its PET rows")
