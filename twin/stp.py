@@ -356,10 +356,10 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
     # draws of the updated (Laplace) twin, solved by the compiled program the other updates use
     solver, _ = _draw_solver(observations, post, regimen, rp, n_samples, days,
                              settings or POPULATION_SETTINGS)
+    from twin.stp_update import columns
+
     out = solver(post.sample_log(n_samples, seed), with_map=True)
-    names = list(out["model"].regions)
-    rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
-    k = [names.index(r) for r in regions]
+    rp_i, k = columns(out, rp, regions)
     tia = out["tia_mbq_h"][:, rp_i][:, k]
     tia = tia[np.asarray(out["ok"], bool) & np.all(np.isfinite(tia), axis=1)]
     if len(tia) < max(2, n_samples // 2):
@@ -368,13 +368,17 @@ def twin_tia(observations, twin, regimen=None, *, level: float = 0.90, n_samples
     # Point estimate: the posterior median of each region's TIA over the draws (it minimises the
     # expected absolute error; the TIA at the MAP parameters is biased when TIA is a nonlinear
     # function of poorly identified parameters). The MAP value is kept for reference.
-    m = solver.map_out
     df = pd.DataFrame({"region": regions, "tia_mbq_h": np.median(tia, axis=0),
                        "tia_low": np.quantile(tia, (1 - level) / 2, axis=0),
                        "tia_high": np.quantile(tia, (1 + level) / 2, axis=0),
-                       "tia_map_mbq_h": m["tia_mbq_h"][0, rp_i][k] if bool(m["ok"][0])
-                       else np.nan})
+                       "tia_map_mbq_h": _map_tia(solver, rp_i, k)})
     return df, post
+
+
+def _map_tia(solver, rp_i, k):
+    """TIA (len(k),) at the MAP row the solver ran with ``with_map=True`` (NaN if it failed)."""
+    m = solver.map_out
+    return m["tia_mbq_h"][0, rp_i][k] if bool(m["ok"][0]) else np.full(len(k), np.nan)
 
 
 def _draw_solver(observations, twin, regimen, rp, n_samples, days, settings):
@@ -397,27 +401,24 @@ def _importance_tia(observations, twin, regimen, rp, regions, level, n_samples, 
     compiled program of the other updates, twin.stp_update.SpectSolver), SPECT weights."""
     import pandas as pd
 
+    from twin.stp_update import MIN_ESS, columns
+
     solver, obs_t = _draw_solver(observations, twin, regimen, rp, n_samples, days, settings)
     out = solver(twin.as_prior().sample_log(n_samples, seed), with_map=True)
-    times = solver.times
-    names = list(out["model"].regions)
-    rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
+    rp_i, ri = columns(out, rp, observations.region)
+    _, k = columns(out, rp, regions)
     act = out["activity_mbq"][:, rp_i]          # (M, regions, times)
     tia = out["tia_mbq_h"][:, rp_i]             # (M, regions)
     ok = out["ok"]
-    ri = np.array([names.index(r) for r in observations.region])
-    pred = act[:, ri, np.searchsorted(times, obs_t)]       # (M, observation rows)
-    k = [names.index(r) for r in regions]
+    pred = act[:, ri, np.searchsorted(solver.times, obs_t)]       # (M, observation rows)
     med, _, ess, lo, hi = importance_update(pred, tia[:, k], observations.activity_mbq,
                                             observations.sigma_mbq, ok, level=level)
-    if ess < 20:
+    if ess < MIN_ESS:
         warnings.warn(f"the SPECT is far from what the twin expects: only {ess:.0f} effective "
                       f"draws of {n_samples}; the interval is unreliable (check units, times "
                       f"and regions, or refit the twin)", UserWarning, stacklevel=3)
-    m = solver.map_out
-    map_tia = m["tia_mbq_h"][0, rp_i][k] if bool(m["ok"][0]) else np.full(len(k), np.nan)
     return pd.DataFrame({"region": regions, "tia_mbq_h": med, "tia_low": lo, "tia_high": hi,
-                         "tia_map_mbq_h": map_tia})
+                         "tia_map_mbq_h": _map_tia(solver, rp_i, k)})
 
 
 def weighted_quantile(values, weights, q: float):
@@ -465,26 +466,22 @@ def importance_update(predicted_mbq, tia_mbq_h, measured_mbq, sigma_mbq, ok=None
     Raises:
         InputError for bad shapes or sigma, or fewer than 10 usable draws.
     """
+    from twin.stp_update import gaussian_loglik, normalised_weights
+
     pred = np.asarray(predicted_mbq, dtype=float)
     tia = np.asarray(tia_mbq_h, dtype=float)
-    y = np.asarray(measured_mbq, dtype=float)
-    sig = np.asarray(sigma_mbq, dtype=float)
-    if pred.ndim != 2 or tia.ndim != 2 or pred.shape[0] != tia.shape[0] or \
-            y.shape != (pred.shape[1],) or sig.shape != y.shape:
-        raise InputError(f"shapes: predicted (M, R), tia (M, K), measured and sigma (R,); got "
-                         f"{pred.shape}, {tia.shape}, {y.shape}, {sig.shape}")
-    if np.any(~np.isfinite(sig)) or np.any(sig <= 0):
-        raise InputError("sigma_mbq must be finite and > 0")
+    if pred.ndim != 2 or tia.ndim != 2 or pred.shape[0] != tia.shape[0]:
+        raise InputError(f"shapes: predicted (M, R) and tia (M, K) with the same M; got "
+                         f"{pred.shape}, {tia.shape}")
+    loglik = gaussian_loglik(pred, measured_mbq, sigma_mbq)   # checks y, sigma (R,), sigma > 0
     good = np.ones(len(pred), bool) if ok is None else np.asarray(ok, bool).copy()
     good &= np.all(np.isfinite(pred), axis=1) & np.all(np.isfinite(tia), axis=1)
     if good.sum() < 10:
         raise InputError(f"only {int(good.sum())} usable draws (need >= 10)")
-    p, t = pred[good], tia[good]
-    loglik = -0.5 * np.sum(((p - y) / sig) ** 2, axis=1)
-    w = np.exp(loglik - loglik.max())
-    w /= w.sum()
+    t = tia[good]
+    w, ess = normalised_weights(loglik[good])
     prior_median = np.median(t, axis=0)
-    out = (weighted_median(t, w), prior_median, float(1.0 / np.sum(w * w)))
+    out = (weighted_median(t, w), prior_median, ess)
     if level is not None:
         out += (weighted_quantile(t, w, (1 - level) / 2), weighted_quantile(t, w, (1 + level) / 2))
     return out

@@ -380,6 +380,15 @@ class SpectSolver:
         return res
 
 
+def columns(out, rp, regions):
+    """(index of radiopharmaceutical ``rp``, indices of ``regions``) in a solver output's
+    ``activity_mbq`` / ``tia_mbq_h`` axes (``out["model"]``)."""
+    model = out["model"]
+    names = list(model.regions)
+    return ([r.name for r in model.radiopharmaceuticals].index(rp),
+            [names.index(r) for r in regions])
+
+
 def twin_update(observations, twin, regimen, rp, regions, *, n_samples: int = 1000,
                 n_stage2: int | None = None, seed: int = 0, level: float = 0.90,
                 days: float = 120.0, settings=None, pet_regimen=None, use_pet: bool = True,
@@ -428,10 +437,8 @@ def twin_update(observations, twin, regimen, rp, regions, *, n_samples: int = 10
 
     def solve(theta):
         out = spect(theta)
-        names = list(out["model"].regions)
-        rp_i = [r.name for r in out["model"].radiopharmaceuticals].index(rp)
+        rp_i, ri = columns(out, rp, observations.region)
         act = np.asarray(out["activity_mbq"])[:, rp_i]
-        ri = np.array([names.index(r) for r in observations.region])
         pred = act[:, ri, np.searchsorted(times, obs_t)]
         ll = gaussian_loglik(np.nan_to_num(pred, nan=np.inf), y, sig)
         ok = np.array(out["ok"], dtype=bool)
@@ -444,7 +451,7 @@ def twin_update(observations, twin, regimen, rp, regions, *, n_samples: int = 10
                        np.searchsorted(spect.times if same else pet.times, pt_abs)]
             ll = ll + gaussian_loglik(np.nan_to_num(ppred, nan=np.inf), py, ps)
             ok &= np.asarray(po["ok"], bool)
-        tia = np.asarray(out["tia_mbq_h"])[:, rp_i][:, [names.index(r) for r in regions]]
+        tia = np.asarray(out["tia_mbq_h"])[:, rp_i][:, columns(out, rp, regions)[1]]
         ll = np.where(ok, ll, -np.inf)
         return ll, tia
 
